@@ -1,0 +1,92 @@
+"""Layer conventions shared by every network family.
+
+The paper's released code is PyTorch, so the defaults here reproduce PyTorch's training semantics:
+BatchNormalization momentum 0.9 (PyTorch's 0.1) and epsilon 1e-5, He-normal (fan-in) kernels for
+convolutions and dense layers, and coupled L2 weight decay on every trainable weight (kernels, biases
+and BN gamma/beta alike).
+
+Weight decay is added as `keras.regularizers.L2(weight_decay / 2)` on each weight: its gradient is
+`weight_decay * w`, exactly what `torch.optim.SGD(weight_decay=...)` adds to the gradient before
+momentum. Keras's own optimizer `weight_decay` argument is decoupled (AdamW-style) and is *not*
+equivalent under momentum, which is why it is not used.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import keras
+
+BN_MOMENTUM = 0.9
+BN_EPSILON = 1e-5
+DEFAULT_WEIGHT_DECAY = 5e-4
+
+
+def l2_regularizer(weight_decay: float) -> Optional[keras.regularizers.Regularizer]:
+    """Returns the L2 regularizer whose gradient is `weight_decay * w` (None when 0)."""
+    if weight_decay < 0:
+        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}.")
+    return keras.regularizers.L2(weight_decay / 2.0) if weight_decay else None
+
+
+class Layers:
+    """Factory for the conv / BN / dense layers of one network, with its shared settings.
+
+    Args:
+        weight_decay: coupled L2 coefficient applied to every trainable weight.
+        synchronized_bn: use cross-replica (synchronised) batch statistics under tf.distribute.
+        dtype: optional dtype policy for every layer (None follows the global policy).
+    """
+
+    def __init__(self, weight_decay: float = DEFAULT_WEIGHT_DECAY, synchronized_bn: bool = False,
+                 dtype=None):
+        self.weight_decay = weight_decay
+        self.synchronized_bn = synchronized_bn
+        self.dtype = dtype
+        self._reg = l2_regularizer(weight_decay)
+
+    def conv(self, filters: int, kernel_size: int, strides: int = 1, name: str = None,
+             use_bias: bool = False) -> keras.layers.Conv2D:
+        return keras.layers.Conv2D(
+            filters, kernel_size, strides=strides, padding="same", use_bias=use_bias,
+            kernel_initializer="he_normal", kernel_regularizer=self._reg,
+            bias_regularizer=self._reg if use_bias else None, name=name, dtype=self.dtype)
+
+    def depthwise_conv(self, kernel_size: int, strides: int = 1, name: str = None
+                       ) -> keras.layers.DepthwiseConv2D:
+        return keras.layers.DepthwiseConv2D(
+            kernel_size, strides=strides, padding="same", use_bias=False,
+            depthwise_initializer="he_normal", depthwise_regularizer=self._reg, name=name,
+            dtype=self.dtype)
+
+    def bn(self, name: str = None) -> keras.layers.BatchNormalization:
+        return keras.layers.BatchNormalization(
+            momentum=BN_MOMENTUM, epsilon=BN_EPSILON, synchronized=self.synchronized_bn,
+            beta_regularizer=self._reg, gamma_regularizer=self._reg, name=name, dtype=self.dtype)
+
+    def dense(self, units: int, name: str = None) -> keras.layers.Dense:
+        return keras.layers.Dense(
+            units, kernel_initializer="he_normal", kernel_regularizer=self._reg,
+            bias_regularizer=self._reg, name=name, dtype=self.dtype)
+
+    def relu(self, name: str = None) -> keras.layers.ReLU:
+        return keras.layers.ReLU(name=name, dtype=self.dtype)
+
+    def classifier(self, x, num_classes: int, prefix: str, pre_activate: bool = True):
+        """BN-ReLU (optional), global average pooling and a dense layer named `prefix`."""
+        if pre_activate:
+            x = self.bn(f"{prefix}_bn")(x)
+            x = self.relu(f"{prefix}_relu")(x)
+        x = keras.layers.GlobalAveragePooling2D(name=f"{prefix}_pool", dtype=self.dtype)(x)
+        return self.dense(num_classes, name=prefix)(x)
+
+
+def check_common_args(num_classes: int, input_shape) -> tuple:
+    """Validates the arguments every builder shares and returns `input_shape` as a tuple."""
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 2:
+        raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}.")
+    input_shape = tuple(input_shape)
+    if len(input_shape) != 3:
+        raise ValueError(
+            f"input_shape must be (height, width, channels), got {input_shape!r}.")
+    return input_shape
