@@ -1,0 +1,239 @@
+"""`DCM`: several networks trained together with dense cross-layer mutual distillation.
+
+    nets = [networks.build("wrn_16_2", 100), networks.build("wrn_16_2", 100)]
+    dcm = DCM(nets)                       # connections="dense": the paper's 18 KL edges
+    dcm.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9, nesterov=False))
+    dcm.fit(train_ds, validation_data=test_ds, epochs=200)
+    deployable = dcm.export_network(0)    # input -> final logits of net1, no aux heads
+
+The loss lives in `compute_loss` and the metrics in `compute_metrics`, so Keras's own `train_step`
+does the rest: gradient computation, mixed-precision loss scaling, tf.distribute reduction, XLA,
+and the JAX backend.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Union
+
+import keras
+import numpy as np
+from keras import ops
+
+from dcm_keras import connections as connections_lib
+from dcm_keras import losses as losses_lib
+from dcm_keras.export import export_network as _export_network
+
+CE_NORMALIZATIONS = ("sum", "mean_per_network")
+KD_NORMALIZATIONS = ("sum", "mean_per_student")
+
+
+def network_heads(network: keras.Model) -> List[str]:
+    """The head names of a network, shallow to deep, with `"logits"` last.
+
+    Raises a clear error for a model that is not functional or has no `"logits"` output.
+    """
+    if not isinstance(network, keras.Model):
+        raise TypeError(f"Expected a keras.Model, got {type(network).__name__}.")
+    try:
+        output = network.output
+    except (AttributeError, ValueError):
+        raise ValueError(
+            f"Network {network.name!r} is not a functional model: DCM needs a model built as "
+            "keras.Model(inputs, {'aux1': ..., 'logits': ...}) so its heads are known.") from None
+    if not isinstance(output, dict) or connections_lib.FINAL_HEAD not in output:
+        got = sorted(output) if isinstance(output, dict) else type(output).__name__
+        raise ValueError(
+            f"Network {network.name!r} must return a dict of logits with a 'logits' entry "
+            f"(optionally 'aux1', 'aux2', ... before it); its output is {got}.")
+    for key, tensor in output.items():
+        if len(tensor.shape) != 2:
+            raise ValueError(f"Head {key!r} of network {network.name!r} must output logits of "
+                             f"shape (batch, classes), got {tuple(tensor.shape)}.")
+    heads = [k for k in output if k != connections_lib.FINAL_HEAD]
+    return heads + [connections_lib.FINAL_HEAD]
+
+
+@keras.saving.register_keras_serializable(package="dcm_keras")
+class DCM(keras.Model):
+    """Trains one or more networks with deep supervision and mutual distillation between heads.
+
+    Args:
+        networks: functional `keras.Model`s returning dicts of logits with a `"logits"` entry,
+            e.g. from `dcm_keras.networks.build`. A network with `trainable=False` acts as a
+            fixed teacher (classic one-way KD).
+        connections: distillation graph: a preset from `dcm_keras.connections.PRESETS`
+            ("dense" = DCM, "final" = DML, "none" = independent / deep supervision, ...) or an
+            explicit list of `(student, teacher[, weight])` edges over heads `net{k}_{head}`.
+        temperature: softmax temperature of the KL terms (their gradient is rescaled by T^2).
+        kd_weight: weight of the whole distillation part.
+        ce_normalization: "sum" (paper) adds every head's cross-entropy; "mean_per_network"
+            averages the cross-entropies within each network.
+        kd_normalization: "sum" (paper) adds every edge; "mean_per_student" divides each
+            edge's weight by the total weight of the edges into its student head.
+        top5: also track top-5 accuracy of each final head (default: when classes >= 100).
+    """
+
+    def __init__(self, networks: Sequence[keras.Model], connections="dense",
+                 temperature: float = 1.0, kd_weight: float = 1.0,
+                 ce_normalization: str = "sum", kd_normalization: str = "sum",
+                 top5: Optional[bool] = None, name: str = "dcm", **kwargs):
+        super().__init__(name=name, **kwargs)
+        if isinstance(networks, keras.Model):
+            networks = [networks]
+        networks = list(networks)
+        if not networks:
+            raise ValueError("DCM needs at least one network.")
+        heads = [network_heads(net) for net in networks]
+        classes = {net.name: int(net.output["logits"].shape[-1]) for net in networks}
+        if len(set(classes.values())) != 1:
+            raise ValueError(f"All networks must predict the same number of classes; got {classes}.")
+        shapes = {net.name: tuple(net.input_shape[1:]) for net in networks
+                  if hasattr(net, "input_shape")}
+        if len(set(shapes.values())) > 1:
+            raise ValueError(f"All networks must take the same input shape; got {shapes}.")
+        if not (isinstance(temperature, (int, float)) and temperature > 0):
+            raise ValueError(f"temperature must be a positive number, got {temperature!r}.")
+        if not (isinstance(kd_weight, (int, float)) and kd_weight >= 0):
+            raise ValueError(f"kd_weight must be a number >= 0, got {kd_weight!r}.")
+        if ce_normalization not in CE_NORMALIZATIONS:
+            raise ValueError(f"Unknown ce_normalization {ce_normalization!r}. "
+                             f"Valid: {', '.join(CE_NORMALIZATIONS)}.")
+        if kd_normalization not in KD_NORMALIZATIONS:
+            raise ValueError(f"Unknown kd_normalization {kd_normalization!r}. "
+                             f"Valid: {', '.join(KD_NORMALIZATIONS)}.")
+
+        self.networks = networks
+        self.connections = connections
+        self.temperature = float(temperature)
+        self.kd_weight = float(kd_weight)
+        self.ce_normalization = ce_normalization
+        self.kd_normalization = kd_normalization
+        self.num_classes = next(iter(classes.values()))
+        self.top5 = self.num_classes >= 100 if top5 is None else bool(top5)
+
+        self.heads = heads
+        self.head_ids = connections_lib.head_ids(heads)
+        self.flat_heads = [h for net in self.head_ids for h in net]
+        self.edges = connections_lib.resolve(connections, heads)
+        self._students, self._teachers, weights = connections_lib.edge_arrays(
+            self.edges, self.flat_heads)
+        self._edge_weights = self._normalized_edge_weights(weights)
+        self._head_weights = self._normalized_head_weights()
+
+        self.ce_tracker = keras.metrics.Mean(name="ce_loss")
+        self.kd_tracker = keras.metrics.Mean(name="kd_loss")
+        self.wd_tracker = keras.metrics.Mean(name="wd_loss")
+        self.head_accuracies = [keras.metrics.SparseCategoricalAccuracy(name=f"{h}_acc")
+                                for h in self.flat_heads]
+        final_heads = [net[-1] for net in self.head_ids] if self.top5 else []
+        self.top5_accuracies = [keras.metrics.SparseTopKCategoricalAccuracy(k=5, name=f"{h}_top5")
+                                for h in final_heads]
+        self._top5_heads = final_heads
+        # Every network is already built (functional), so the DCM has all its variables.
+        self.built = True
+
+    # --- weights of the loss terms -------------------------------------------------------------
+    def _normalized_edge_weights(self, weights: np.ndarray) -> np.ndarray:
+        if self.kd_normalization == "sum" or not len(weights):
+            return weights
+        incoming = np.zeros(len(self.flat_heads), np.float32)
+        np.add.at(incoming, self._students, weights)
+        return (weights / incoming[self._students]).astype(np.float32)
+
+    def _normalized_head_weights(self) -> Optional[np.ndarray]:
+        if self.ce_normalization == "sum":
+            return None
+        return np.concatenate([np.full(len(h), 1.0 / len(h), np.float32) for h in self.heads])
+
+    # --- Keras hooks ---------------------------------------------------------------------------
+    def call(self, inputs, training=None):
+        outputs = {}
+        for net, ids, heads in zip(self.networks, self.head_ids, self.heads):
+            y = net(inputs, training=training)
+            outputs.update({hid: y[h] for hid, h in zip(ids, heads)})
+        return outputs
+
+    def compile(self, optimizer="rmsprop", loss=None, **kwargs):
+        """Like `keras.Model.compile`, without `loss`: DCM computes its own loss."""
+        if loss is not None:
+            raise ValueError("DCM computes its own loss; call compile() without `loss`. Use the "
+                             "connections, temperature and kd_weight arguments of DCM instead.")
+        super().compile(optimizer=optimizer, **kwargs)
+
+    def compile_from_config(self, config):
+        config = keras.saving.deserialize_keras_object(config)
+        config.pop("loss", None)
+        self.compile(**config)
+        if getattr(self, "optimizer", None) is not None and self.built:
+            self.optimizer.build(self.trainable_variables)
+
+    def stacked_logits(self, y_pred):
+        """`[H, B, C]` float32 logits of every head, in `flat_heads` order."""
+        return ops.stack([ops.cast(y_pred[h], "float32") for h in self.flat_heads], axis=0)
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        if y_pred is None:
+            y_pred = self(x, training=training)
+        if y is None:
+            raise ValueError("DCM needs labels: feed (images, labels) pairs.")
+        ce, kd = losses_lib.dcm_loss(
+            self.stacked_logits(y_pred), y, self._students, self._teachers, self._edge_weights,
+            temperature=self.temperature, kd_weight=self.kd_weight,
+            head_weights=self._head_weights, sample_weight=sample_weight)
+        regularization = self.losses
+        wd = (ops.sum(ops.stack([ops.cast(l, "float32") for l in regularization]))
+              if regularization else ops.zeros((), "float32"))
+        batch = ops.shape(ops.reshape(y, (-1,)))[0]
+        self.ce_tracker.update_state(ce, sample_weight=batch)
+        self.kd_tracker.update_state(kd, sample_weight=batch)
+        self.wd_tracker.update_state(wd, sample_weight=batch)
+        # Keras sums gradients over replicas, so each replica's share of the loss is 1/N.
+        return _scale_for_distribution(ce + kd + wd)
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        for metric, head in zip(self.head_accuracies, self.flat_heads):
+            metric.update_state(y, y_pred[head], sample_weight=sample_weight)
+        for metric, head in zip(self.top5_accuracies, self._top5_heads):
+            metric.update_state(y, y_pred[head], sample_weight=sample_weight)
+        return super().compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+    # --- deployment ----------------------------------------------------------------------------
+    def network_index(self, network: Union[int, str]) -> int:
+        """0-based index of a network given as an int or as its DCM name (`"net1"`)."""
+        names = [f"net{k + 1}" for k in range(len(self.networks))]
+        if isinstance(network, str) and network in names:
+            return names.index(network)
+        if isinstance(network, int) and 0 <= network < len(self.networks):
+            return network
+        raise ValueError(f"Unknown network {network!r}: give an index in "
+                         f"[0, {len(self.networks)}) or one of {', '.join(names)}.")
+
+    def export_network(self, network: Union[int, str] = 0) -> keras.Model:
+        """The deployable network: input -> final logits, sharing the trained weights, no aux heads."""
+        return _export_network(self.networks[self.network_index(network)])
+
+    # --- serialisation -------------------------------------------------------------------------
+    def get_config(self):
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "networks": [keras.saving.serialize_keras_object(n) for n in self.networks],
+            "connections": connections_lib.serialize(self.connections),
+            "temperature": self.temperature,
+            "kd_weight": self.kd_weight,
+            "ce_normalization": self.ce_normalization,
+            "kd_normalization": self.kd_normalization,
+            "top5": self.top5,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["networks"] = [keras.saving.deserialize_keras_object(n) for n in config["networks"]]
+        return cls(**config)
+
+
+def _scale_for_distribution(loss):
+    from keras.src.losses.loss import scale_loss_for_distribution
+
+    return scale_loss_for_distribution(loss)
