@@ -1,0 +1,39 @@
+# Two commands from a fresh machine: `make demo` and `make test`. Each does its own set-up.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
+WORK_DIR ?= runs
+
+.PHONY: demo test venv data benchmark clean-venv
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $@
+
+# Fashion-MNIST (real data) comes from Debian's dataset-fashion-mnist package.
+data:
+	@if [ -f $(FMNIST_DIR)/train-images-idx3-ubyte.gz ]; then \
+	  echo "Fashion-MNIST found in $(FMNIST_DIR)"; \
+	else \
+	  echo "Installing Debian package dataset-fashion-mnist"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist; \
+	fi
+
+test: venv data
+	TF_CPP_MIN_LOG_LEVEL=3 $(PY) -m pytest -q tests
+
+demo: venv data
+	TF_CPP_MIN_LOG_LEVEL=3 $(PY) -m experiments.compare --preset=demo --work_dir=$(WORK_DIR)/demo
+
+benchmark: venv
+	TF_CPP_MIN_LOG_LEVEL=3 $(PY) -m benchmarks.throughput --peer
+
+clean-venv:
+	rm -rf $(VENV)
