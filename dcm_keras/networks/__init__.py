@@ -87,6 +87,8 @@ def transfer_weights(source: keras.Model, target: keras.Model) -> int:
 
 # Importing the families registers them.
 from dcm_keras.networks import wrn  # noqa: E402,F401
+from dcm_keras.networks import mobilenet  # noqa: E402,F401
+from dcm_keras.networks import resnet  # noqa: E402,F401
 
 __all__ = ["build", "list_networks", "register", "register_pattern", "transfer_weights",
            "BN_MOMENTUM", "BN_EPSILON", "DEFAULT_WEIGHT_DECAY"]

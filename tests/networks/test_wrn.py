@@ -1,0 +1,68 @@
+"""Wide ResNet: the released models' parameter counts and the DCM head structure."""
+
+import numpy as np
+import pytest
+
+from dcm_keras import networks
+from dcm_keras.networks.wrn import WideResNet
+
+
+def _trainable(model) -> int:
+    return sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+
+
+@pytest.fixture(scope="module")
+def wrn_28_10():
+    """The big one, built once per form: (with heads, without heads)."""
+    return (networks.build("wrn_28_10", num_classes=100),
+            networks.build("wrn_28_10", num_classes=100, aux_heads=False))
+
+
+@pytest.fixture(scope="module")
+def wrn_16_2():
+    return (networks.build("wrn_16_2", num_classes=100),
+            networks.build("wrn_16_2", num_classes=100, aux_heads=False))
+
+
+def test_wrn_28_10_param_counts(wrn_28_10):
+    with_heads, without = wrn_28_10
+    assert _trainable(without) == 36_536_884
+    assert _trainable(with_heads) == 164_146_364
+
+
+def test_wrn_16_2_param_counts(wrn_16_2):
+    with_heads, without = wrn_16_2
+    assert _trainable(without) == 703_284
+    assert _trainable(with_heads) == 3_038_908
+
+
+def test_wrn_28_10_head_structure(wrn_28_10):
+    model = wrn_28_10[0]
+    assert model.name == "wrn_28_10" and (model.depth, model.width) == (28, 10)
+    # n = 4: aux1 runs 4 blocks of stage 2 and n // 2 = 2 of stage 3, aux2 4 blocks at 128K.
+    assert model.get_layer("aux1_stage2_block4_add").output.shape == (None, 16, 16, 320)
+    assert model.get_layer("aux1_stage3_block2_add").output.shape == (None, 8, 8, 640)
+    assert "aux1_stage3_block3_add" not in {layer.name for layer in model.layers}
+    assert model.get_layer("aux2_stage3_block4_add").output.shape == (None, 8, 8, 1280)
+    assert model.get_layer("stage3_block4_add").output.shape == (None, 8, 8, 640)
+    for prefix in ["aux1", "aux2", "logits"]:
+        assert model.get_layer(f"{prefix}_bn") is not None  # pre-activation classifier
+        assert model.get_layer(prefix).units == 100
+
+
+def test_output_shapes_follow_num_classes(wrn_16_2):
+    model = wrn_16_2[0]
+    out = model(np.zeros((2, 32, 32, 3), "float32"), training=False)
+    assert list(out) == ["aux1", "aux2", "logits"]
+    assert all(tuple(v.shape) == (2, 100) for v in out.values())
+
+
+@pytest.mark.parametrize("depth", [9, 15, 23, 0, 28.0])
+def test_bad_depth(depth):
+    with pytest.raises(ValueError, match="depth"):
+        WideResNet(depth=depth, width=1, num_classes=10)
+
+
+def test_bad_width():
+    with pytest.raises(ValueError, match="width"):
+        WideResNet(depth=10, width=0, num_classes=10)
