@@ -54,10 +54,14 @@ class Layers:
 
     def depthwise_conv(self, kernel_size: int, strides: int = 1, name: str = None
                        ) -> keras.layers.DepthwiseConv2D:
+        # Keras's "he_normal" takes the fan-in of a (k, k, C, 1) depthwise kernel as k*k*C, which
+        # shrinks every depthwise layer by sqrt(C) until activations vanish. Each output sees k*k
+        # inputs (PyTorch's fan-in), which is Keras's fan-out for this kernel shape.
         return keras.layers.DepthwiseConv2D(
             kernel_size, strides=strides, padding="same", use_bias=False,
-            depthwise_initializer="he_normal", depthwise_regularizer=self._reg, name=name,
-            dtype=self.dtype)
+            depthwise_initializer=keras.initializers.VarianceScaling(
+                2.0, "fan_out", "truncated_normal"),
+            depthwise_regularizer=self._reg, name=name, dtype=self.dtype)
 
     def bn(self, name: str = None) -> keras.layers.BatchNormalization:
         return keras.layers.BatchNormalization(

@@ -3,7 +3,7 @@
 Main path: 3x3 stem conv to 32 channels (stride 1), BN, ReLU; then three layers of depthwise-separable
 blocks, then global average pooling and a dense layer. A block is a 3x3 depthwise conv (stride s),
 BN, ReLU, a 1x1 conv, BN, ReLU; convolutions have no bias. Depthwise kernels are He-normal with
-PyTorch's fan-in of 9 (see `_depthwise_conv`), the other kernels He-normal as everywhere.
+PyTorch's fan-in of 9 (see `Layers.depthwise_conv`), the other kernels He-normal as everywhere.
 - layer 1: blocks of 64, 128, 128, 256, 256 channels, all stride 1;
 - layer 2: 512 (stride 2), then five more of 512;
 - layer 3: 1024 (stride 2), 1024.
@@ -25,8 +25,7 @@ from typing import Sequence, Tuple
 import keras
 
 from dcm_keras import networks
-from dcm_keras.networks.common import (DEFAULT_WEIGHT_DECAY, Layers, check_common_args,
-                                       l2_regularizer)
+from dcm_keras.networks.common import DEFAULT_WEIGHT_DECAY, Layers, check_common_args
 
 STEM_FILTERS = 32
 # (filters, strides) of each block.
@@ -37,20 +36,8 @@ AUX1: Tuple[Tuple[int, int], ...] = ((512, 2), (512, 1), (512, 1), (512, 1), (10
 AUX2: Tuple[Tuple[int, int], ...] = ((2048, 2), (2048, 1))
 
 
-def _depthwise_conv(layers: Layers, strides: int, name: str) -> keras.layers.DepthwiseConv2D:
-    # Keras's "he_normal" takes the fan-in of a (3, 3, C, 1) depthwise kernel as 9 * C, which
-    # shrinks every depthwise layer by sqrt(C) and makes the untrained network's activations vanish
-    # (logits ~1e-16 at inference). Each depthwise output sees 9 inputs, PyTorch's fan-in, and
-    # Keras counts exactly that as the fan-out of this kernel shape.
-    return keras.layers.DepthwiseConv2D(
-        3, strides=strides, padding="same", use_bias=False,
-        depthwise_initializer=keras.initializers.VarianceScaling(
-            2.0, mode="fan_out", distribution="truncated_normal"),
-        depthwise_regularizer=l2_regularizer(layers.weight_decay), name=name, dtype=layers.dtype)
-
-
 def _block(layers: Layers, x, filters: int, strides: int, prefix: str):
-    x = _depthwise_conv(layers, strides, name=f"{prefix}_dwconv")(x)
+    x = layers.depthwise_conv(3, strides, name=f"{prefix}_dwconv")(x)
     x = layers.bn(f"{prefix}_dwbn")(x)
     x = layers.relu(f"{prefix}_dwrelu")(x)
     x = layers.conv(filters, 1, 1, name=f"{prefix}_pwconv")(x)
