@@ -588,9 +588,10 @@ def load(name: str, split: str, *, batch_size: int, training: bool | None = None
                          deterministic=True)
                     .batch(batch_size, drop_remainder=drop_remainder))
 
-        epochs = _epoch_counter(int(epoch))
-        if repeat:
-            epochs = epochs.repeat()
+        # A repeated dataset counts epochs in the graph (no Python state, so it distributes and
+        # serialises); a finite one is re-iterated by `fit` and counts its passes in Python.
+        epochs = (tf.data.Dataset.counter(int(epoch)) if repeat
+                  else _epoch_counter(int(epoch)))
         ds = epochs.flat_map(epoch_batches)
     else:
         ds = ds.map(lambda i, x, y: finish(src.eval_fn(x), y),
