@@ -593,6 +593,13 @@ def load(name: str, split: str, *, batch_size: int, training: bool | None = None
         epochs = (tf.data.Dataset.counter(int(epoch)) if repeat
                   else _epoch_counter(int(epoch)))
         ds = epochs.flat_map(epoch_batches)
+        if not repeat:
+            # flat_map hides the length; stating it spares `fit` a first epoch of unknown size
+            # and its "ran out of data" warning.
+            n = src.info.num_train if split == "train" else src.info.num_test
+            n = n if max_examples is None else min(n, max_examples)
+            batches = n // batch_size if drop_remainder else -(-n // batch_size)
+            ds = ds.apply(tf.data.experimental.assert_cardinality(batches))
     else:
         ds = ds.map(lambda i, x, y: finish(src.eval_fn(x), y),
                     num_parallel_calls=AUTOTUNE, deterministic=True)
