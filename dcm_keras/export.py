@@ -26,7 +26,10 @@ def export_network(network: keras.Model, head: str = FINAL_HEAD) -> keras.Model:
     if keras.backend.standardize_dtype(output.dtype) != "float32":
         output = keras.layers.Activation("linear", dtype="float32", name=f"{head}_float32")(output)
     name = network.name if head == FINAL_HEAD else f"{network.name}_{head}"
-    return keras.Model(inputs=network.inputs, outputs=output, name=name)
+    # `network.input` keeps the network's own input structure (a single tensor for the usual
+    # one-input network); `network.inputs` would always be a list, which makes the exported
+    # model expect `[images]` and gives its SavedModel a list-typed serving signature.
+    return keras.Model(inputs=network.input, outputs=output, name=name)
 
 
 def save_network(model: keras.Model, path: str, overwrite: bool = False) -> str:

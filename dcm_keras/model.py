@@ -13,6 +13,7 @@ and the JAX backend.
 
 from __future__ import annotations
 
+import copy
 from typing import List, Optional, Sequence, Union
 
 import keras
@@ -84,10 +85,14 @@ class DCM(keras.Model):
         if not networks:
             raise ValueError("DCM needs at least one network.")
         heads = [network_heads(net) for net in networks]
-        classes = {net.name: int(net.output["logits"].shape[-1]) for net in networks}
+        # Keyed by position as well as name: networks often share a name (two "wrn_16_2"s), and a
+        # dict keyed by name alone would keep only the last one and let a mismatch through.
+        labels = [f"net{k + 1} ({net.name})" for k, net in enumerate(networks)]
+        classes = {label: int(net.output["logits"].shape[-1])
+                   for label, net in zip(labels, networks)}
         if len(set(classes.values())) != 1:
             raise ValueError(f"All networks must predict the same number of classes; got {classes}.")
-        shapes = {net.name: tuple(net.input_shape[1:]) for net in networks
+        shapes = {label: tuple(net.input_shape[1:]) for label, net in zip(labels, networks)
                   if hasattr(net, "input_shape")}
         if len(set(shapes.values())) > 1:
             raise ValueError(f"All networks must take the same input shape; got {shapes}.")
@@ -138,7 +143,10 @@ class DCM(keras.Model):
             return weights
         incoming = np.zeros(len(self.flat_heads), np.float32)
         np.add.at(incoming, self._students, weights)
-        return (weights / incoming[self._students]).astype(np.float32)
+        # A student whose incoming edges all have weight 0 keeps weight 0 (not 0 / 0 = nan).
+        total = incoming[self._students]
+        safe = np.where(total > 0, total, 1.0)
+        return np.where(total > 0, weights / safe, 0.0).astype(np.float32)
 
     def _normalized_head_weights(self) -> Optional[np.ndarray]:
         if self.ce_normalization == "sum":
@@ -228,7 +236,9 @@ class DCM(keras.Model):
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
+        # Deserialising a functional model consumes its config dict, so work on a deep copy and
+        # leave the caller's config intact (it can then be used again, e.g. to clone).
+        config = copy.deepcopy(config)
         config["networks"] = [keras.saving.deserialize_keras_object(n) for n in config["networks"]]
         return cls(**config)
 

@@ -1,0 +1,153 @@
+"""Deployable networks: export parity, `.keras` files and SavedModels."""
+
+import os
+import zipfile
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import dcm_keras
+from dcm_keras import DCM, networks
+
+IMAGE = (8, 8, 3)
+CLASSES = 10
+
+
+def trainable_count(model):
+    return int(sum(np.prod(w.shape) for w in model.trainable_weights))
+
+
+@pytest.fixture(scope="module")
+def dcm():
+    """Two small WRNs (one with a non-default width) with perturbed BN statistics.
+
+    Tests only read from it.
+    """
+    keras.utils.set_random_seed(0)
+    nets = [networks.build("wrn_10_1", CLASSES, input_shape=IMAGE),
+            networks.build("wrn_10_2", CLASSES, input_shape=IMAGE)]
+    model = DCM(nets)
+    rng = np.random.default_rng(0)
+    # Non-trivial BN statistics, so a mode mix-up (training vs inference) would show.
+    for net in nets:
+        for layer in net.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.moving_mean.assign(rng.normal(0, 0.1, layer.moving_mean.shape))
+                layer.moving_variance.assign(rng.uniform(0.5, 1.5, layer.moving_variance.shape))
+    return model
+
+
+@pytest.fixture(scope="module")
+def images():
+    return np.random.default_rng(1).normal(size=(4,) + IMAGE).astype("float32")
+
+
+@pytest.mark.parametrize("which,name,index", [(0, "wrn_10_1", 0), ("net2", "wrn_10_2", 1)])
+def test_export_matches_dcm_head_and_plain_network(dcm, images, which, name, index):
+    exported = dcm.export_network(which)
+    assert not isinstance(exported.output, dict)
+    # One image tensor in (not a one-element list), as the network itself takes.
+    assert not isinstance(exported.input, (list, tuple, dict))
+    expected = dcm(images, training=False)[f"net{index + 1}_logits"].numpy()
+    got = exported(images, training=False).numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-6, rtol=0)
+    # Same parameters as the network built without heads, and the same function once its
+    # weights are copied over.
+    plain = networks.build(name, CLASSES, input_shape=IMAGE, aux_heads=False)
+    assert trainable_count(exported) == trainable_count(plain)
+    assert trainable_count(exported) < trainable_count(dcm.networks[index])
+    networks.transfer_weights(dcm.networks[index], plain)
+    np.testing.assert_allclose(plain(images, training=False)["logits"].numpy(), expected,
+                               atol=1e-6, rtol=0)
+
+
+def test_export_shares_weights(dcm):
+    exported = dcm.export_network(0)
+    ids = {id(w) for w in dcm.networks[0].weights}
+    assert exported.weights and all(id(w) in ids for w in exported.weights)
+
+
+def test_bad_network_index_lists_valid_names(dcm):
+    for bad in (2, -1, "net3", "wrn_10_1"):
+        with pytest.raises(ValueError, match=r"Unknown network .*net1, net2"):
+            dcm.export_network(bad)
+
+
+def test_export_other_head_and_unknown_head(dcm, images):
+    aux = dcm_keras.export_network(dcm.networks[0], head="aux2")
+    np.testing.assert_allclose(aux(images, training=False).numpy(),
+                               dcm(images, training=False)["net1_aux2"].numpy(), atol=1e-6)
+    with pytest.raises(ValueError, match="has no head 'aux3'.*aux1, aux2, logits"):
+        dcm_keras.export_network(dcm.networks[0], head="aux3")
+
+
+def test_save_and_load_network(dcm, images, tmp_path):
+    exported = dcm.export_network(0)
+    path = str(tmp_path / "net1.keras")
+    assert dcm_keras.save_network(exported, path) == path
+    loaded = dcm_keras.load_network(path)
+    np.testing.assert_array_equal(loaded(images, training=False).numpy(),
+                                  exported(images, training=False).numpy())
+    assert trainable_count(loaded) == trainable_count(exported)
+
+    with pytest.raises(FileExistsError, match="refusing to overwrite"):
+        dcm_keras.save_network(exported, path)
+    dcm_keras.save_network(exported, path, overwrite=True)  # explicit overwrite works
+    with pytest.raises(ValueError, match=r"must end in \.keras"):
+        dcm_keras.save_network(exported, str(tmp_path / "net1.h5"))
+
+
+def test_load_network_rejects_bad_files(dcm, tmp_path):
+    good = str(tmp_path / "good.keras")
+    dcm_keras.save_network(dcm.export_network(0), good)
+    data = open(good, "rb").read()
+
+    truncated = tmp_path / "truncated.keras"
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="truncated.keras is not a .keras model file"):
+        dcm_keras.load_network(str(truncated))
+
+    text = tmp_path / "notes.keras"
+    text.write_text("just some text, renamed\n")
+    with pytest.raises(ValueError, match="notes.keras is not a .keras model file"):
+        dcm_keras.load_network(str(text))
+
+    foreign = tmp_path / "foreign.keras"
+    with zipfile.ZipFile(foreign, "w") as archive:
+        archive.writestr("readme.txt", "a zip, but not a Keras model")
+    with pytest.raises(ValueError, match="no config.json"):
+        dcm_keras.load_network(str(foreign))
+
+    with pytest.raises(FileNotFoundError, match="No model file"):
+        dcm_keras.load_network(str(tmp_path / "missing.keras"))
+
+
+def test_load_network_rejects_corrupt_member(dcm, tmp_path):
+    """A zip whose central directory is intact but a member's bytes are damaged."""
+    good = str(tmp_path / "good.keras")
+    dcm_keras.save_network(dcm.export_network(0), good)
+    with zipfile.ZipFile(good) as archive:
+        info = archive.getinfo("model.weights.h5")
+    data = bytearray(open(good, "rb").read())
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    data[start + info.compress_size // 2] ^= 0xFF
+    corrupt = tmp_path / "corrupt.keras"
+    corrupt.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="corrupt"):
+        dcm_keras.load_network(str(corrupt))
+
+
+def test_export_saved_model(dcm, images, tmp_path):
+    exported = dcm.export_network(1)
+    path = str(tmp_path / "saved")
+    assert dcm_keras.export_saved_model(exported, path) == path
+    reloaded = tf.saved_model.load(path)
+    served = reloaded.serve(tf.constant(images)).numpy()
+    np.testing.assert_allclose(served, exported(images, training=False).numpy(), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(served, dcm(images, training=False)["net2_logits"].numpy(),
+                               atol=1e-5, rtol=0)
+    with pytest.raises(FileExistsError, match="refusing to overwrite"):
+        dcm_keras.export_saved_model(exported, path)
+    assert os.path.isfile(os.path.join(path, "saved_model.pb"))
