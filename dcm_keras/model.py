@@ -67,6 +67,9 @@ class DCM(keras.Model):
             explicit list of `(student, teacher[, weight])` edges over heads `net{k}_{head}`.
         temperature: softmax temperature of the KL terms (their gradient is rescaled by T^2).
         kd_weight: weight of the whole distillation part.
+        kd_warmup_epochs: ramp the distillation weight linearly from 0 over this many epochs
+            (0, the paper's setting, = no warm-up). `fit` adds the `KDWarmup` callback that
+            drives it.
         ce_normalization: "sum" (paper) adds every head's cross-entropy; "mean_per_network"
             averages the cross-entropies within each network.
         kd_normalization: "sum" (paper) adds every edge; "mean_per_student" divides each
@@ -77,7 +80,8 @@ class DCM(keras.Model):
     def __init__(self, networks: Sequence[keras.Model], connections="dense",
                  temperature: float = 1.0, kd_weight: float = 1.0,
                  ce_normalization: str = "sum", kd_normalization: str = "sum",
-                 top5: Optional[bool] = None, name: str = "dcm", **kwargs):
+                 top5: Optional[bool] = None, kd_warmup_epochs: int = 0, name: str = "dcm",
+                 **kwargs):
         super().__init__(name=name, **kwargs)
         if isinstance(networks, keras.Model):
             networks = [networks]
@@ -100,6 +104,8 @@ class DCM(keras.Model):
             raise ValueError(f"temperature must be a positive number, got {temperature!r}.")
         if not (isinstance(kd_weight, (int, float)) and kd_weight >= 0):
             raise ValueError(f"kd_weight must be a number >= 0, got {kd_weight!r}.")
+        if not (isinstance(kd_warmup_epochs, int) and kd_warmup_epochs >= 0):
+            raise ValueError(f"kd_warmup_epochs must be an integer >= 0, got {kd_warmup_epochs!r}.")
         if ce_normalization not in CE_NORMALIZATIONS:
             raise ValueError(f"Unknown ce_normalization {ce_normalization!r}. "
                              f"Valid: {', '.join(CE_NORMALIZATIONS)}.")
@@ -111,6 +117,7 @@ class DCM(keras.Model):
         self.connections = connections
         self.temperature = float(temperature)
         self.kd_weight = float(kd_weight)
+        self.kd_warmup_epochs = kd_warmup_epochs
         self.ce_normalization = ce_normalization
         self.kd_normalization = kd_normalization
         self.num_classes = next(iter(classes.values()))
@@ -134,6 +141,10 @@ class DCM(keras.Model):
         self.top5_accuracies = [keras.metrics.SparseTopKCategoricalAccuracy(k=5, name=f"{h}_top5")
                                 for h in final_heads]
         self._top5_heads = final_heads
+        # A variable rather than a Python float, so a callback can change it between epochs
+        # without retracing the train function, on every backend.
+        self.kd_scale = self.add_weight(shape=(), initializer="ones", trainable=False,
+                                        name="kd_scale")
         # Every network is already built (functional), so the DCM has all its variables.
         self.built = True
 
@@ -161,6 +172,13 @@ class DCM(keras.Model):
             outputs.update({hid: y[h] for hid, h in zip(ids, heads)})
         return outputs
 
+    def fit(self, *args, callbacks=None, **kwargs):
+        """`keras.Model.fit`, adding the `KDWarmup` callback when `kd_warmup_epochs > 0`."""
+        callbacks = list(callbacks or [])
+        if self.kd_warmup_epochs and not any(isinstance(c, KDWarmup) for c in callbacks):
+            callbacks.append(KDWarmup())
+        return super().fit(*args, callbacks=callbacks, **kwargs)
+
     def compile(self, optimizer="rmsprop", loss=None, **kwargs):
         """Like `keras.Model.compile`, without `loss`: DCM computes its own loss."""
         if loss is not None:
@@ -186,7 +204,7 @@ class DCM(keras.Model):
             raise ValueError("DCM needs labels: feed (images, labels) pairs.")
         ce, kd = losses_lib.dcm_loss(
             self.stacked_logits(y_pred), y, self._students, self._teachers, self._edge_weights,
-            temperature=self.temperature, kd_weight=self.kd_weight,
+            temperature=self.temperature, kd_weight=self.kd_weight * self.kd_scale,
             head_weights=self._head_weights, sample_weight=sample_weight)
         regularization = self.losses
         wd = (ops.sum(ops.stack([ops.cast(l, "float32") for l in regularization]))
@@ -202,7 +220,8 @@ class DCM(keras.Model):
         for metric, head in zip(self.head_accuracies, self.flat_heads):
             metric.update_state(y, y_pred[head], sample_weight=sample_weight)
         for metric, head in zip(self.top5_accuracies, self._top5_heads):
-            metric.update_state(y, y_pred[head], sample_weight=sample_weight)
+            # in_top_k only takes float32 predictions (bfloat16 logits under mixed_bfloat16).
+            metric.update_state(y, ops.cast(y_pred[head], "float32"), sample_weight=sample_weight)
         return super().compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
     # --- deployment ----------------------------------------------------------------------------
@@ -232,6 +251,7 @@ class DCM(keras.Model):
             "ce_normalization": self.ce_normalization,
             "kd_normalization": self.kd_normalization,
             "top5": self.top5,
+            "kd_warmup_epochs": self.kd_warmup_epochs,
         }
 
     @classmethod
@@ -247,3 +267,15 @@ def _scale_for_distribution(loss):
     from keras.src.losses.loss import scale_loss_for_distribution
 
     return scale_loss_for_distribution(loss)
+
+
+class KDWarmup(keras.callbacks.Callback):
+    """Sets `DCM.kd_scale` to `min(1, epoch / kd_warmup_epochs)` at the start of every epoch.
+
+    The ramp depends only on the epoch index, so a run resumed by `BackupAndRestore` continues it.
+    """
+
+    def on_epoch_begin(self, epoch, logs=None):
+        warmup = getattr(self.model, "kd_warmup_epochs", 0)
+        scale = min(1.0, epoch / warmup) if warmup else 1.0
+        self.model.kd_scale.assign(scale)

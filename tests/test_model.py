@@ -363,3 +363,28 @@ def test_empty_network_list_and_missing_labels():
     x, _ = features(2)
     with pytest.raises(ValueError, match="needs labels"):
         dcm.compute_loss(x=x, y=None)
+
+
+def test_kd_warmup_ramps_the_distillation_weight_per_epoch():
+    x, y = features(n=64)
+    nets = [tiny_net("a"), tiny_net("b")]
+    dcm = DCM(nets, kd_warmup_epochs=2)
+    dcm.compile(optimizer=keras.optimizers.SGD(0.01))
+    seen = []
+
+    class Record(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            seen.append(float(keras.ops.convert_to_numpy(self.model.kd_scale)))
+
+    # Record is listed first, so it sees the value the previous epoch left; the added KDWarmup
+    # then sets this epoch's value. History gives what each epoch actually trained with.
+    history = dcm.fit(x, y, batch_size=32, epochs=4, verbose=0, callbacks=[Record()])
+    assert seen == [1.0, 0.0, 0.5, 1.0]
+    kd = history.history["kd_loss"]
+    assert kd[0] == 0.0 and kd[1] > 0.0 and kd[3] > 0.0
+    assert DCM.from_config(dcm.get_config()).kd_warmup_epochs == 2
+
+
+def test_kd_warmup_must_be_a_non_negative_integer():
+    with pytest.raises(ValueError, match="kd_warmup_epochs"):
+        DCM([tiny_net("a"), tiny_net("b")], kd_warmup_epochs=-1)
