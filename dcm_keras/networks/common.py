@@ -94,3 +94,34 @@ def check_common_args(num_classes: int, input_shape) -> tuple:
         raise ValueError(
             f"input_shape must be (height, width, channels), got {input_shape!r}.")
     return input_shape
+
+
+class Backbone(keras.Model):
+    """Base of the registered families: the constructor arguments every family shares.
+
+    Subclasses build their functional graph in `__init__`, call `super().__init__(inputs=...,
+    outputs=...)`, then `_keep_common_config(...)`, and add their own arguments to `get_config`.
+    """
+
+    def _keep_common_config(self, num_classes: int, input_shape: tuple, aux_heads: bool,
+                            weight_decay: float, synchronized_bn: bool) -> None:
+        self.num_classes = num_classes
+        self.image_shape = input_shape
+        self.aux_heads = aux_heads
+        self.weight_decay = weight_decay
+        self.synchronized_bn = synchronized_bn
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "num_classes": self.num_classes,
+            "input_shape": self.image_shape,
+            "aux_heads": self.aux_heads,
+            "weight_decay": self.weight_decay,
+            "synchronized_bn": self.synchronized_bn,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)

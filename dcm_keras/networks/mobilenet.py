@@ -25,7 +25,8 @@ from typing import Sequence, Tuple
 import keras
 
 from dcm_keras import networks
-from dcm_keras.networks.common import DEFAULT_WEIGHT_DECAY, Layers, check_common_args
+from dcm_keras.networks.common import (Backbone, DEFAULT_WEIGHT_DECAY, Layers,
+                                       check_common_args)
 
 STEM_FILTERS = 32
 # (filters, strides) of each block.
@@ -52,7 +53,7 @@ def _layer(layers: Layers, x, spec: Sequence[Tuple[int, int]], prefix: str):
 
 
 @keras.saving.register_keras_serializable(package="dcm_keras")
-class MobileNet(keras.Model):
+class MobileNet(Backbone):
     """The DCM code's CIFAR MobileNet, optionally with the DCM auxiliary heads.
 
     Args:
@@ -88,26 +89,8 @@ class MobileNet(keras.Model):
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
 
         # === Config ===
-        self.num_classes = num_classes
-        self.image_shape = input_shape
-        self.aux_heads = aux_heads
-        self.weight_decay = weight_decay
-        self.synchronized_bn = synchronized_bn
-
-    def get_config(self):
-        return {
-            "name": self.name,
-            "trainable": self.trainable,
-            "num_classes": self.num_classes,
-            "input_shape": self.image_shape,
-            "aux_heads": self.aux_heads,
-            "weight_decay": self.weight_decay,
-            "synchronized_bn": self.synchronized_bn,
-        }
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
+        self._keep_common_config(num_classes, input_shape, aux_heads, weight_decay,
+                                 synchronized_bn)
 
 
 def _build_mobilenet(**kwargs) -> MobileNet:

@@ -40,7 +40,8 @@ from typing import Sequence
 import keras
 
 from dcm_keras import networks
-from dcm_keras.networks.common import DEFAULT_WEIGHT_DECAY, Layers, check_common_args
+from dcm_keras.networks.common import (Backbone, DEFAULT_WEIGHT_DECAY, Layers,
+                                       check_common_args)
 
 BOTTLENECK_EXPANSION = 4
 CIFAR_WIDTHS = (16, 32, 64)
@@ -100,7 +101,7 @@ def _stem(layers: Layers, x, filters: int, kernel_size: int, strides: int):
 
 
 @keras.saving.register_keras_serializable(package="dcm_keras")
-class CifarResNet(keras.Model):
+class CifarResNet(Backbone):
     """ResNet-`depth` for small images (He et al. 2016, Sec. 4.2), optionally with aux heads.
 
     Args:
@@ -144,31 +145,18 @@ class CifarResNet(keras.Model):
 
         # === Config ===
         self.depth = depth
-        self.num_classes = num_classes
-        self.image_shape = input_shape
-        self.aux_heads = aux_heads
-        self.weight_decay = weight_decay
-        self.synchronized_bn = synchronized_bn
+        self._keep_common_config(num_classes, input_shape, aux_heads, weight_decay,
+                                 synchronized_bn)
 
     def get_config(self):
         return {
-            "name": self.name,
-            "trainable": self.trainable,
+            **super().get_config(),
             "depth": self.depth,
-            "num_classes": self.num_classes,
-            "input_shape": self.image_shape,
-            "aux_heads": self.aux_heads,
-            "weight_decay": self.weight_decay,
-            "synchronized_bn": self.synchronized_bn,
         }
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
 
 
 @keras.saving.register_keras_serializable(package="dcm_keras")
-class ResNet(keras.Model):
+class ResNet(Backbone):
     """ImageNet-style ResNet (7x7 stem, max pool, four stages), optionally with aux heads.
 
     Args:
@@ -222,28 +210,15 @@ class ResNet(keras.Model):
         # === Config ===
         self.block_counts = block_counts
         self.bottleneck = bottleneck
-        self.num_classes = num_classes
-        self.image_shape = input_shape
-        self.aux_heads = aux_heads
-        self.weight_decay = weight_decay
-        self.synchronized_bn = synchronized_bn
+        self._keep_common_config(num_classes, input_shape, aux_heads, weight_decay,
+                                 synchronized_bn)
 
     def get_config(self):
         return {
-            "name": self.name,
-            "trainable": self.trainable,
+            **super().get_config(),
             "block_counts": list(self.block_counts),
             "bottleneck": self.bottleneck,
-            "num_classes": self.num_classes,
-            "input_shape": self.image_shape,
-            "aux_heads": self.aux_heads,
-            "weight_decay": self.weight_decay,
-            "synchronized_bn": self.synchronized_bn,
         }
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
 
 
 def _cifar_builder(depth: int):

@@ -21,7 +21,8 @@ from __future__ import annotations
 import keras
 
 from dcm_keras import networks
-from dcm_keras.networks.common import DEFAULT_WEIGHT_DECAY, Layers, check_common_args
+from dcm_keras.networks.common import (Backbone, DEFAULT_WEIGHT_DECAY, Layers,
+                                       check_common_args)
 
 
 def _block(layers: Layers, x, filters: int, strides: int, prefix: str):
@@ -46,7 +47,7 @@ def _stage(layers: Layers, x, filters: int, blocks: int, strides: int, prefix: s
 
 
 @keras.saving.register_keras_serializable(package="dcm_keras")
-class WideResNet(keras.Model):
+class WideResNet(Backbone):
     """WRN-`depth`-`width` for small images, optionally with the DCM auxiliary heads.
 
     Args:
@@ -92,28 +93,15 @@ class WideResNet(keras.Model):
         # === Config ===
         self.depth = depth
         self.width = width
-        self.num_classes = num_classes
-        self.image_shape = input_shape
-        self.aux_heads = aux_heads
-        self.weight_decay = weight_decay
-        self.synchronized_bn = synchronized_bn
+        self._keep_common_config(num_classes, input_shape, aux_heads, weight_decay,
+                                 synchronized_bn)
 
     def get_config(self):
         return {
-            "name": self.name,
-            "trainable": self.trainable,
+            **super().get_config(),
             "depth": self.depth,
             "width": self.width,
-            "num_classes": self.num_classes,
-            "input_shape": self.image_shape,
-            "aux_heads": self.aux_heads,
-            "weight_decay": self.weight_decay,
-            "synchronized_bn": self.synchronized_bn,
         }
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
 
 
 def _build_wrn(match, **kwargs) -> WideResNet:
