@@ -1,0 +1,322 @@
+r"""Runs methods x seeds on the same budget and tabulates test error mean +/- std.
+
+    python -m experiments.compare --preset=demo --work_dir=runs/compare
+    python -m experiments.compare --preset=paper_cifar100 --work_dir=runs/compare   # GPU machines
+    python -m experiments.compare --config=my_config.json --work_dir=runs/compare
+
+Every run is a `python -m experiments.train` subprocess with its own run directory,
+`<work_dir>/<preset>/<nets>/<method>_seed<k>` (its output goes to `train.log` there), so an
+interrupted comparison picks up where it stopped: finished runs are reused, killed ones resume.
+A finished run is never overwritten; one that was made with other settings stops the comparison.
+The table (`table.md`, `table.json`) and the plot (`comparison.png`) land in `<work_dir>/<preset>/`.
+
+A config file is a JSON object like the presets below: `{"name": ..., "rows": [["wrn_16_2",
+"wrn_16_2"]], "methods": [...], "seeds": [...], "train_flags": {"dataset": ..., ...}}`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from typing import Dict, List, Optional, Sequence
+
+from absl import app, flags
+
+from experiments import common
+
+PRESETS: Dict[str, dict] = {
+    # The paper's published CIFAR-100 rows (WRN-28-10 pair; WRN-28-10 with MobileNet): the full
+    # recipe and five seeds, 2 x 3 x 5 runs of 200 epochs each. GPU machines only.
+    "paper_cifar100": {
+        "rows": [["wrn_28_10", "wrn_28_10"], ["wrn_28_10", "mobilenet"]],
+        "methods": ["baseline", "dml", "dcm"],
+        "seeds": [0, 1, 2, 3, 4],
+        "train_flags": {"dataset": "cifar100", "epochs": 200, "batch_size": 128, "lr": 0.1,
+                        "lr_boundaries": [60, 120, 160], "lr_decay": 0.2},
+    },
+    # About 4-5 minutes on a 2-core CPU: two WRN-10-1 on 2,048 Fashion-MNIST training images
+    # (2,000 test images), 3 epochs. Far too small a budget to rank the methods reliably; it
+    # shows the whole pipeline end to end.
+    "demo": {
+        "rows": [["wrn_10_1", "wrn_10_1"]],
+        "methods": ["baseline", "dml", "dcm"],
+        "seeds": [0, 1, 2],
+        "train_flags": {"dataset": "fashion_mnist", "epochs": 3, "batch_size": 64, "lr": 0.05,
+                        "lr_boundaries": [2], "lr_decay": 0.2, "max_train_examples": 2048,
+                        "max_test_examples": 2000},
+    },
+}
+
+flags.DEFINE_enum("preset", "demo", list(PRESETS), "Which comparison to run.")
+flags.DEFINE_string("config", None, "JSON file with a custom comparison (replaces --preset).")
+flags.DEFINE_string("work_dir", "runs/compare", "Where the runs, table and plot go.")
+flags.DEFINE_list("methods", None, f"Override the methods ({', '.join(common.METHODS)}).")
+flags.DEFINE_list("seeds", None, "Override the seeds, e.g. 0,1,2.")
+flags.DEFINE_integer("epochs", None, "Override the epochs of every run.", lower_bound=1)
+flags.DEFINE_integer("max_train_examples", None, "Override the training subset size.",
+                     lower_bound=1)
+FLAGS = flags.FLAGS
+
+
+def load_config(preset: str, config_path: Optional[str], methods: Optional[Sequence[str]],
+                seeds: Optional[Sequence[str]], epochs: Optional[int],
+                max_train_examples: Optional[int]) -> dict:
+    """The comparison to run: a preset or a config file, with the command line's overrides."""
+    if config_path:
+        config = common.read_json(config_path)
+        if config is None:
+            raise ValueError(f"--config {config_path} is missing or not a JSON object.")
+        config.setdefault("name", os.path.splitext(os.path.basename(config_path))[0])
+    else:
+        config = json.loads(json.dumps(PRESETS[preset]))
+        config["name"] = preset
+    for key in ("rows", "methods", "seeds"):
+        if not config.get(key):
+            raise ValueError(f"The comparison config needs a non-empty {key!r} list.")
+    config.setdefault("train_flags", {})
+    if methods:
+        config["methods"] = list(methods)
+    if seeds:
+        try:
+            config["seeds"] = [int(s) for s in seeds]
+        except ValueError:
+            raise ValueError(f"--seeds must be integers, got {','.join(seeds)}.")
+    if epochs:
+        config["train_flags"]["epochs"] = epochs
+    if max_train_examples:
+        config["train_flags"]["max_train_examples"] = max_train_examples
+    unknown = [m for m in config["methods"] if m not in common.METHODS]
+    if unknown:
+        raise ValueError(f"Unknown method(s) {', '.join(unknown)}; valid: "
+                         f"{', '.join(common.METHODS)}.")
+    if "baseline" not in config["methods"]:
+        print("note: no baseline among the methods; the time multiple column is left empty.")
+    for key in ("method", "nets", "seed", "model_dir", "overwrite"):
+        if key in config["train_flags"]:
+            raise ValueError(f"train_flags may not set {key!r}: the comparison sets it per run.")
+    return config
+
+
+def _flag_text(value) -> str:
+    """A value as it is written on a command line (absl syntax)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def _same_value(recorded, wanted) -> bool:
+    """Whether a flag recorded in results.json equals the value a run would be given."""
+    a, b = _flag_text(recorded), _flag_text(wanted)
+    if a == b:
+        return True
+    try:
+        return [float(x) for x in a.split(",")] == [float(x) for x in b.split(",")]
+    except ValueError:
+        return False
+
+
+def run_dir(work_dir: str, name: str, nets: Sequence[str], method: str, seed: int) -> str:
+    """Directory of one run of the comparison."""
+    return os.path.join(work_dir, name, "-".join(nets), f"{method}_seed{seed}")
+
+
+def run_one(directory: str, train_flags: Dict[str, object]) -> Optional[dict]:
+    """Runs (or resumes) one training subprocess; returns its results, or None if it failed."""
+    os.makedirs(directory, exist_ok=True)
+    argv = [sys.executable, "-m", "experiments.train", f"--model_dir={directory}"]
+    argv += [f"--{k}={_flag_text(v)}" for k, v in train_flags.items() if v is not None]
+    repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [repo_root, env.get("PYTHONPATH")]))
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    with open(os.path.join(directory, "train.log"), "a") as log:
+        log.write(f"$ {' '.join(argv)}\n")
+        log.flush()
+        code = subprocess.call(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+    if code != 0:
+        return None
+    return common.completed_results(directory)
+
+
+def _last_error_line(directory: str) -> str:
+    try:
+        with open(os.path.join(directory, "train.log")) as f:
+            lines = [line.strip() for line in f if line.strip()]
+    except OSError:
+        return ""
+    errors = [line for line in lines if line.startswith("error:")]
+    return (errors or lines or [""])[-1]
+
+
+def mean_std(values: Sequence[float]) -> Dict[str, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    return {"mean": statistics.fmean(values),
+            "std": statistics.stdev(values) if len(values) > 1 else 0.0, "n": len(values)}
+
+
+def summarize(config: dict, results: Dict[tuple, dict]) -> List[dict]:
+    """One table row per (networks, method): error mean/std per network and the time multiple."""
+    rows = []
+    for nets in config["rows"]:
+        base = [r["epoch_train_seconds_median"] for (n, m, _), r in results.items()
+                if n == tuple(nets) and m == "baseline" and r.get("epoch_train_seconds_median")]
+        base_time = statistics.fmean(base) if base else None
+        for method in config["methods"]:
+            runs = [r for (n, m, _), r in sorted(results.items())
+                    if n == tuple(nets) and m == method]
+            if not runs:
+                continue
+            errors = {}
+            for k, name in enumerate(nets):
+                key = f"net{k + 1}"
+                errors[key] = {"architecture": name, **mean_std(
+                    [r["networks"][key]["test_error"]["logits"] for r in runs])}
+                top5 = [r["networks"][key].get("top5_error") for r in runs]
+                if all(t is not None for t in top5):
+                    errors[key]["top5"] = mean_std(top5)
+            times = [r["epoch_train_seconds_median"] for r in runs
+                     if r.get("epoch_train_seconds_median")]
+            epoch_time = statistics.fmean(times) if times else None
+            rows.append({
+                "nets": list(nets), "method": method, "seeds": [r["flags"]["seed"] for r in runs],
+                "test_error": errors, "epoch_train_seconds": epoch_time,
+                "time_vs_baseline": epoch_time / base_time if epoch_time and base_time else None,
+                "wall_time_s": statistics.fmean(r["wall_time_s"] for r in runs),
+            })
+    return rows
+
+
+def markdown_table(config: dict, rows: List[dict]) -> str:
+    """The summary as a markdown table (error in %, mean +/- sample std over seeds)."""
+    width = max(len(nets) for nets in config["rows"])
+    head = ["networks", "method"] + [f"net{k + 1} error (%)" for k in range(width)]
+    head += ["train s/epoch", "time x baseline", "runs"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        cells = [" / ".join(row["nets"]), row["method"]]
+        for k in range(width):
+            e = row["test_error"].get(f"net{k + 1}")
+            cells.append(f"{e['mean']:.2f} ± {e['std']:.2f}" if e else "")
+        t, x = row["epoch_train_seconds"], row["time_vs_baseline"]
+        cells += [f"{t:.1f}" if t else "", f"{x:.2f}" if x else "", str(len(row["seeds"]))]
+        lines.append("| " + " | ".join(cells) + " |")
+    flags_text = ", ".join(f"{k}={_flag_text(v)}" for k, v in config["train_flags"].items())
+    lines += ["", f"Test error of each network's final classifier, mean ± sample std over seeds "
+                  f"{', '.join(map(str, config['seeds']))}; time = median training time of an "
+                  f"epoch (the first, which also traces the graphs, left out when there are more) relative to baseline. Settings: {flags_text}."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(config: dict, rows: List[dict], path: str) -> None:
+    """Test error per method with std error bars, one panel per network pair."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pairs = config["rows"]
+    fig, axes = plt.subplots(1, len(pairs), figsize=(5.5 * len(pairs), 4), squeeze=False)
+    for ax, nets in zip(axes[0], pairs):
+        mine = [r for r in rows if r["nets"] == list(nets)]
+        methods = [r["method"] for r in mine]
+        width = 0.8 / len(nets)
+        for k, name in enumerate(nets):
+            key = f"net{k + 1}"
+            xs = [i + (k - (len(nets) - 1) / 2) * width for i in range(len(mine))]
+            ax.bar(xs, [r["test_error"][key]["mean"] for r in mine], width,
+                   yerr=[r["test_error"][key]["std"] for r in mine], capsize=4,
+                   label=f"{key} ({name})", color=f"C{k}")
+        ax.set_xticks(range(len(methods)), methods)
+        ax.set_ylabel("test error (%)")
+        ax.set_title(" / ".join(nets))
+        errors = [r["test_error"][f"net{k + 1}"] for r in mine for k in range(len(nets))]
+        if errors:  # zoom in (bars start above 0): methods differ by little next to the error
+            low = min(e["mean"] - e["std"] for e in errors)
+            high = max(e["mean"] + e["std"] for e in errors)
+            margin = max(high - low, 1.0)
+            ax.set_ylim(max(0.0, low - margin), high + 0.3 * margin)
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{config['name']}: mean ± std over {len(config['seeds'])} seeds")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def compare(config: dict, work_dir: str) -> int:
+    """Runs every (networks, method, seed) of `config` and writes the table and plot.
+
+    Returns the number of runs that failed.
+    """
+    out_dir = os.path.join(work_dir, config["name"])
+    os.makedirs(out_dir, exist_ok=True)
+    jobs = [(tuple(nets), method, seed) for nets in config["rows"]
+            for method in config["methods"] for seed in config["seeds"]]
+    results, failed = {}, []
+    start = time.perf_counter()
+    for i, (nets, method, seed) in enumerate(jobs, 1):
+        directory = run_dir(work_dir, config["name"], nets, method, seed)
+        train_flags = {"method": method, "nets": list(nets), "seed": seed,
+                       **config["train_flags"]}
+        label = f"[{i}/{len(jobs)}] {'/'.join(nets)} {method} seed {seed}"
+        done = common.completed_results(directory)
+        if done is not None:
+            diffs = [k for k, v in train_flags.items()
+                     if not _same_value(done["flags"].get(k), v)]
+            if diffs:
+                raise ValueError(f"{directory} holds a finished run with other settings "
+                                 f"({', '.join(diffs)}); it is kept: use another --work_dir.")
+            print(f"{label}: reusing the finished run in {directory} (skipped)", flush=True)
+        else:
+            print(f"{label}: training in {directory} ...", flush=True)
+            run_start = time.perf_counter()
+            done = run_one(directory, train_flags)
+            if done is None:
+                failed.append(directory)
+                print(f"{label}: FAILED ({_last_error_line(directory)}); log in "
+                      f"{os.path.join(directory, 'train.log')}", flush=True)
+                continue
+            print(f"{label}: done in {time.perf_counter() - run_start:.0f}s", flush=True)
+        errors = ", ".join(f"{k} {v['test_error']['logits']:.2f}%"
+                           for k, v in done["networks"].items())
+        print(f"{label}: test error {errors}", flush=True)
+        results[nets, method, seed] = done
+
+    rows = summarize(config, results)
+    table = markdown_table(config, rows)
+    with open(os.path.join(out_dir, "table.md"), "w") as f:
+        f.write(table)
+    common.write_json(os.path.join(out_dir, "table.json"), {
+        "config": config, "rows": rows, "failed_runs": failed,
+        "runs": {run_dir(work_dir, config["name"], *key): r["networks"]
+                 for key, r in results.items()},
+        "compare_wall_time_s": time.perf_counter() - start})
+    if rows:
+        plot(config, rows, os.path.join(out_dir, "comparison.png"))
+    print()
+    print(table)
+    print(f"Table, JSON and plot in {out_dir} ({time.perf_counter() - start:.0f}s).")
+    return len(failed)
+
+
+def main(argv: List[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    try:
+        config = load_config(FLAGS.preset, FLAGS.config, FLAGS.methods, FLAGS.seeds,
+                             FLAGS.epochs, FLAGS.max_train_examples)
+        failures = compare(config, FLAGS.work_dir)
+    except (ValueError, FileNotFoundError) as e:
+        sys.exit(f"error: {common.one_line(e)}")
+    if failures:
+        sys.exit(f"error: {failures} run(s) failed; see their train.log.")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,112 @@
+r"""Top-1 / top-5 error of an exported network (a `.keras` file written by `experiments.train`).
+
+    python -m experiments.evaluate --model=runs/dcm/net1.keras --dataset=cifar100 [--split=test] \
+        [--output=net1_eval.json]
+
+The model is loaded with `safe_mode=True`; it must map images to logits (no auxiliary heads).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Dict, List, Optional
+
+from absl import app, flags
+
+from experiments import common
+
+flags.DEFINE_string("model", None, "Path of a .keras network (e.g. runs/x/net1.keras).")
+flags.DEFINE_string("dataset", "cifar100",
+                    "cifar10, cifar100, fashion_mnist, imagenet2012 or image_folder:PATH.")
+flags.DEFINE_enum("split", "test", ["test", "train"], "Split to evaluate on.")
+flags.DEFINE_string("data_dir", None, "Dataset location (tfds data_dir or an IDX folder).")
+flags.DEFINE_integer("image_size", None, "Input size for imagenet2012 and image folders.",
+                     lower_bound=1)
+flags.DEFINE_integer("batch_size", 256, "Evaluation batch size.", lower_bound=1)
+flags.DEFINE_integer("max_examples", None, "Evaluate on the first N examples only.",
+                     lower_bound=1)
+flags.DEFINE_string("output", None, "Also write the result as JSON to this path.")
+flags.mark_flag_as_required("model")
+FLAGS = flags.FLAGS
+
+
+def evaluate(model_path: str, dataset: str, split: str = "test", data_dir: Optional[str] = None,
+             image_size: Optional[int] = None, batch_size: int = 256,
+             max_examples: Optional[int] = None) -> Dict[str, object]:
+    """Top-1 and top-5 error (%) of the network in `model_path` on a dataset split.
+
+    Top-5 error is None when there are 5 classes or fewer (it would be 0 by construction).
+    Raises ValueError when the network does not fit the dataset.
+    """
+    import tensorflow as tf
+
+    from dcm_keras import data, load_network
+
+    common.check_data_dir(data_dir)
+    info = data.get_info(dataset, data_dir=data_dir, image_size=image_size)
+    model = load_network(model_path)
+    if isinstance(model.output, (dict, list, tuple)):
+        raise ValueError(f"{model_path} has several outputs; evaluate a deployable network "
+                         "(net1.keras, as exported by experiments.train), not a DCM model.")
+    input_shape, classes = tuple(model.input_shape[1:]), int(model.output.shape[-1])
+    if input_shape != tuple(info.image_shape):
+        raise ValueError(f"{model_path} takes images of shape {input_shape}, {dataset} gives "
+                         f"{tuple(info.image_shape)} (set --image_size?).")
+    if classes != info.num_classes:
+        raise ValueError(f"{model_path} predicts {classes} classes, {dataset} has "
+                         f"{info.num_classes}.")
+    ds = data.load(dataset, split, batch_size=batch_size, training=False, data_dir=data_dir,
+                   max_examples=max_examples, image_size=image_size)
+    k = min(5, classes)
+
+    @tf.function
+    def counts(images, labels):
+        logits = tf.cast(model(images, training=False), tf.float32)
+        labels = tf.cast(labels, tf.int32)
+        top1 = tf.reduce_sum(tf.cast(tf.math.in_top_k(labels, logits, 1), tf.int64))
+        topk = tf.reduce_sum(tf.cast(tf.math.in_top_k(labels, logits, k), tf.int64))
+        return top1, topk
+
+    start = time.perf_counter()
+    total = correct1 = correct5 = 0
+    for images, labels in ds:
+        top1, topk = counts(images, labels)
+        correct1 += int(top1)
+        correct5 += int(topk)
+        total += int(labels.shape[0])
+    if total == 0:
+        raise ValueError(f"{dataset} {split} split has no examples.")
+    return {
+        "model": os.path.abspath(model_path),
+        "dataset": dataset,
+        "split": split,
+        "examples": total,
+        "top1_error": 100.0 * (1 - correct1 / total),
+        "top5_error": 100.0 * (1 - correct5 / total) if classes > 5 else None,
+        "params": int(model.count_params()),
+        "seconds": time.perf_counter() - start,
+        "versions": common.versions(),
+    }
+
+
+def main(argv: List[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    try:
+        result = evaluate(FLAGS.model, FLAGS.dataset, FLAGS.split, FLAGS.data_dir,
+                          FLAGS.image_size, FLAGS.batch_size, FLAGS.max_examples)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        sys.exit(f"error: {common.one_line(e)}")
+    top5 = ("" if result["top5_error"] is None
+            else f", top-5 error {result['top5_error']:.2f}%")
+    print(f"{FLAGS.model} on {FLAGS.dataset} {FLAGS.split} ({result['examples']} images): "
+          f"top-1 error {result['top1_error']:.2f}%{top5}", flush=True)
+    if FLAGS.output:
+        os.makedirs(os.path.dirname(os.path.abspath(FLAGS.output)), exist_ok=True)
+        common.write_json(FLAGS.output, result)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,523 @@
+r"""Trains networks with DCM or a related method and leaves a self-describing run directory.
+
+    python -m experiments.train --method=dcm --nets=wrn_28_10,mobilenet --dataset=cifar100 \
+        --model_dir=runs/dcm_wrn_mobilenet
+
+The defaults are the paper's CIFAR-100 recipe (SGD 0.1, momentum 0.9, coupled weight decay 5e-4,
+batch 128, 200 epochs, lr x0.2 at epochs 60, 120 and 160). `--model_dir` ends up holding:
+
+    flags.json, flagfile.txt   the run's flags (`--flagfile=flagfile.txt` re-runs it)
+    logs/                      TensorBoard: every head's accuracy, the loss parts, learning rate
+    history.csv                one row per epoch (CSVLogger, appended across resumes)
+    backup/                    BackupAndRestore state while training; removed once finished
+    net1.keras, net2.keras     the deployable networks, without auxiliary heads
+    results.json               final test errors per network and head, timing, versions, history
+    test_error.png             test error per epoch of every network
+
+Re-running the same command resumes a killed run at its last finished epoch (optimizer state
+included); re-running a finished one does nothing. A directory holding a run with other flags is
+refused unless `--overwrite` is given.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import sys
+import time
+from typing import Dict, List, Optional, Tuple
+
+from absl import app, flags
+
+from experiments import common
+
+METHOD_HELP = ("baseline: networks alone; dsn: + auxiliary heads (deep supervision); dks: + KD "
+               "between heads of one network; dml: KD between final heads; dcm: heads + dense "
+               "cross-layer KD; same_stage / cross_stage: DCM's two halves.")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16", "auto")
+STRATEGIES = ("auto", "none", "mirrored", "multi_worker")
+flags.DEFINE_enum("method", "dcm", list(common.METHODS), METHOD_HELP)
+flags.DEFINE_string("connections", None,
+                    "Overrides the method's distillation graph: a preset (dense, same_stage, "
+                    "cross_stage, final, dks, none) or a JSON list of [student, teacher, weight] "
+                    "edges over heads net{k}_{head}, e.g. '[[\"net1_logits\",\"net2_logits\",1]]'.")
+flags.DEFINE_list("nets", ["wrn_28_10", "wrn_28_10"],
+                  "Comma-separated networks trained together (see dcm_keras.networks).")
+flags.DEFINE_string("dataset", "cifar100",
+                    "cifar10, cifar100, fashion_mnist, imagenet2012 or image_folder:PATH.")
+flags.DEFINE_string("data_dir", None, "Dataset location (tfds data_dir or an IDX folder).")
+flags.DEFINE_integer("image_size", None, "Input size for imagenet2012 and image folders.",
+                     lower_bound=1)
+flags.DEFINE_integer("epochs", 200, "Training epochs.", lower_bound=1)
+flags.DEFINE_integer("batch_size", 128, "Global batch size (split over replicas).", lower_bound=1)
+flags.DEFINE_float("lr", 0.1, "Initial learning rate.", lower_bound=0.0)
+flags.DEFINE_list("lr_boundaries", ["60", "120", "160"],
+                  "Epochs at which the learning rate is multiplied by --lr_decay.")
+flags.DEFINE_float("lr_decay", 0.2, "Learning-rate factor at each boundary.", lower_bound=0.0)
+flags.DEFINE_float("momentum", 0.9, "SGD momentum (not Nesterov).", lower_bound=0.0,
+                   upper_bound=1.0)
+flags.DEFINE_float("weight_decay", 5e-4, "Coupled L2 weight decay on every weight.",
+                   lower_bound=0.0)
+flags.DEFINE_float("temperature", 1.0, "Softmax temperature of the distillation terms.",
+                   lower_bound=1e-6)
+flags.DEFINE_float("kd_weight", 1.0, "Weight of the whole distillation part.", lower_bound=0.0)
+flags.DEFINE_enum("precision", "float32", PRECISIONS,
+                  "auto: mixed_float16 on GPU, mixed_bfloat16 on a CPU with bf16 instructions, "
+                  "else float32.")
+flags.DEFINE_bool("jit_compile", False, "Compile the train step with XLA.")
+flags.DEFINE_enum("distribute", "auto", STRATEGIES,
+                  "auto: MirroredStrategy when more than one GPU is visible; multi_worker: "
+                  "MultiWorkerMirroredStrategy configured by $TF_CONFIG.")
+flags.DEFINE_string("model_dir", None, "Run directory (created if needed).")
+flags.DEFINE_integer("seed", 0, "Seed of initialisation, shuffling and augmentation.")
+flags.DEFINE_bool("deterministic", False,
+                  "Also make TensorFlow ops deterministic (slower; exact reruns and resumes).")
+flags.DEFINE_integer("max_train_examples", None, "Train on the first N training examples only.",
+                     lower_bound=1)
+flags.DEFINE_integer("max_test_examples", None, "Evaluate on the first N test examples only.",
+                     lower_bound=1)
+flags.DEFINE_bool("overwrite", False, "Replace a run with different flags in --model_dir.")
+flags.mark_flag_as_required("model_dir")
+
+# Every flag above, in definition order: what flags.json records and a resume compares.
+RUN_FLAGS = ("method", "connections", "nets", "dataset", "data_dir", "image_size", "epochs",
+             "batch_size", "lr", "lr_boundaries", "lr_decay", "momentum", "weight_decay",
+             "temperature", "kd_weight", "precision", "jit_compile", "distribute", "model_dir",
+             "seed", "deterministic", "max_train_examples", "max_test_examples", "overwrite")
+FLAGS = flags.FLAGS
+
+
+class UserError(Exception):
+    """A problem with the flags, the run directory or the data that the user can fix."""
+
+
+@contextlib.contextmanager
+def user_errors():
+    """Turns the errors of configuration and data checks into `UserError`s.
+
+    Only set-up runs inside it: an error while training is a bug and keeps its traceback.
+    """
+    try:
+        yield
+    # RuntimeError: the data module's "could not prepare tfds dataset ..." (no internet).
+    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,
+            RuntimeError) as e:
+        raise UserError(common.one_line(e)) from e
+
+
+def parse_connections(text: Optional[str]):
+    """`--connections` as a preset name or a list of edges; raises ValueError when unreadable."""
+    if text is None:
+        return None
+    text = text.strip()
+    if text.startswith("["):
+        try:
+            edges = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--connections is not valid JSON ({e.msg} at character {e.pos}).")
+        if not isinstance(edges, list):
+            raise ValueError("--connections JSON must be a list of [student, teacher, weight].")
+        return edges
+    from dcm_keras.connections import PRESETS  # imports TensorFlow: only when needed
+
+    if text not in PRESETS:
+        raise ValueError(f"Unknown --connections {text!r}. Valid: {', '.join(PRESETS)}, or a "
+                         "JSON list of [student, teacher, weight] edges.")
+    return text
+
+
+def parse_boundaries(values: List[str]) -> List[int]:
+    """`--lr_boundaries` as strictly increasing positive epochs."""
+    try:
+        epochs = [int(v) for v in values]
+    except ValueError:
+        raise ValueError(f"--lr_boundaries must be integers (epochs), got {','.join(values)}.")
+    if any(e < 1 for e in epochs) or any(b <= a for a, b in zip(epochs, epochs[1:])):
+        raise ValueError("--lr_boundaries must be strictly increasing epochs >= 1, got "
+                         f"{','.join(values)}.")
+    return epochs
+
+
+def _check(validator, name):
+    def check(value):
+        try:
+            validator(value)
+        except ValueError as e:
+            raise flags.ValidationError(common.one_line(e))
+        return True
+
+    flags.register_validator(name, check)
+
+
+_check(parse_connections, "connections")
+_check(parse_boundaries, "lr_boundaries")
+flags.register_validator("nets", lambda v: len(v) >= 1, "give at least one network")
+DATASETS = ("cifar10", "cifar100", "fashion_mnist", "imagenet2012", "image_folder:PATH")
+flags.register_validator(
+    "dataset", lambda v: v in DATASETS[:-1] or (v.startswith("image_folder:") and len(v) > 13),
+    f"valid datasets: {', '.join(DATASETS)}")
+
+
+def run_flags() -> Dict[str, object]:
+    """This run's flags as a JSON-ready dict."""
+    return {name: FLAGS[name].value for name in RUN_FLAGS}
+
+
+def flagfile_text() -> str:
+    """This script's flags in absl's flagfile format (as `FLAGS.flags_into_string()` writes them).
+
+    Flags of other modules are left out: TensorFlow defines some only once imported, after
+    parsing, so `--flagfile` would reject them.
+    """
+    lines = FLAGS.flags_into_string().splitlines()
+    own = {FLAGS[name].serialize() for name in RUN_FLAGS}
+    return "".join(f"{line}\n" for line in lines if line in own)
+
+
+def resolve_precision(precision: str) -> str:
+    """The Keras dtype policy for `--precision` (resolving `auto` on this machine)."""
+    if precision != "auto":
+        return precision
+    import tensorflow as tf
+
+    if tf.config.list_physical_devices("GPU"):
+        return "mixed_float16"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu_flags = set(f.read().split())
+    except OSError:
+        cpu_flags = set()
+    return "mixed_bfloat16" if cpu_flags & {"avx512_bf16", "amx_bf16"} else "float32"
+
+
+def make_strategy(kind: str):
+    """The tf.distribute strategy for `--distribute`."""
+    import tensorflow as tf
+
+    if kind == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if kind == "auto":
+        kind = "mirrored" if len(tf.config.list_physical_devices("GPU")) > 1 else "none"
+    if kind == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def is_chief(strategy) -> bool:
+    """Whether this process writes the run's files (always, outside multi-worker training)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    if resolver.task_type == "chief":
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
+
+
+def epoch_stats_callback():
+    """A callback adding the learning rate and the epoch's timings to the epoch's logs.
+
+    The values land in history.csv, TensorBoard and results.json. `learning_rate` is the value
+    Keras's TensorBoard callback logs too: the schedule's rate after the epoch's last step, which
+    with epoch-aligned boundaries is the rate the epoch trained with. `train_seconds` stops where
+    validation starts.
+    """
+    import keras
+
+    class EpochStats(keras.callbacks.Callback):
+        _start = _train_end = None
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self._start = time.perf_counter()
+            self._train_end = None
+
+        def on_test_begin(self, logs=None):
+            if self._train_end is None:  # fit's validation starts: the training part is over
+                self._train_end = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            if logs is None:
+                return
+            now = time.perf_counter()
+            start = self._start or now
+            logs["train_seconds"] = (self._train_end or now) - start
+            logs["epoch_seconds"] = now - start
+            optimizer = self.model.optimizer
+            optimizer = getattr(optimizer, "inner_optimizer", optimizer)  # LossScaleOptimizer
+            logs["learning_rate"] = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+
+    return EpochStats()
+
+
+def _clear_run(model_dir: str) -> None:
+    """Removes the files a run writes (and nothing else a user may keep there)."""
+    for name in (common.BACKUP_DIR, common.LOG_DIR):
+        shutil.rmtree(os.path.join(model_dir, name), ignore_errors=True)
+    for name in os.listdir(model_dir):
+        if (name in (common.FLAGS_FILE, common.FLAGFILE, common.RESULTS_FILE, common.HISTORY_FILE,
+                     common.PLOT_FILE)
+                or (name.startswith("net") and name.endswith(".keras"))):
+            os.remove(os.path.join(model_dir, name))
+
+
+def _backup_epoch(backup_dir: str) -> int:
+    """The number of epochs a BackupAndRestore directory says are finished (0 if none)."""
+    meta = common.read_json(os.path.join(backup_dir, "training_metadata.json"))
+    return int(meta.get("epoch", 0)) if meta else 0
+
+
+def plot_test_error(history: List[dict], network_heads: Dict[str, Tuple[str, List[str]]],
+                    path: str, title: str) -> None:
+    """Test error (%) per epoch of every network: final head solid, auxiliary heads dashed.
+
+    `network_heads` maps "net1" to (architecture, [head names]).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    epochs = [row["epoch"] + 1 for row in history]
+    for k, (net, (arch, heads)) in enumerate(network_heads.items()):
+        for head in heads:
+            key = f"val_{net}_{head}_acc"
+            if not history or key not in history[0]:
+                continue
+            final = head == "logits"
+            ax.plot(epochs, [common.error_percent(row[key]) for row in history], color=f"C{k}",
+                    linestyle="-" if final else "--", linewidth=1.8 if final else 0.9,
+                    alpha=1.0 if final else 0.6, marker="o" if len(epochs) < 20 else None,
+                    markersize=3, label=f"{net} ({arch})" if final else f"{net} {head}")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test error (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def train(config: Dict[str, object]) -> int:
+    """Runs (or resumes) the training described by `config` (= `run_flags()`). Returns 0.
+
+    Raises `UserError` for bad flags, a run directory holding another run, or bad data.
+    """
+    process_start = time.perf_counter()
+    with user_errors():
+        run = _prepare(config)
+    if run is None:
+        return 0
+    return _fit_and_report(run, process_start)
+
+
+def _prepare(config: Dict[str, object]) -> Optional[dict]:
+    """Checks the run directory, builds the model and the datasets; None if already complete."""
+    model_dir = os.path.abspath(str(config["model_dir"]))
+    method = str(config["method"])
+    aux_heads, connections = common.METHODS[method]
+    if config["connections"] is not None:
+        connections = parse_connections(str(config["connections"]))
+    elif connections not in ("none", "dks") and len(config["nets"]) < 2:
+        raise ValueError(f"--method={method} distils between networks; give at least two --nets "
+                         "(e.g. --nets=wrn_16_2,wrn_16_2).")
+    boundaries = parse_boundaries(list(config["lr_boundaries"]))
+    common.check_data_dir(config["data_dir"])
+
+    # --- the run directory: new, resumed, finished or holding another run --------------------
+    if os.path.exists(model_dir) and not os.path.isdir(model_dir):
+        raise NotADirectoryError(f"--model_dir {model_dir} is a file, not a directory.")
+    flags_path = os.path.join(model_dir, common.FLAGS_FILE)
+    previous = common.read_json(flags_path)
+    replace = False
+    if previous is not None:
+        diffs = common.flag_differences(previous, config)
+        if diffs and not config["overwrite"]:
+            raise ValueError(f"{model_dir} holds a run with different flags ({'; '.join(diffs)}); "
+                             "use another --model_dir or pass --overwrite to replace it.")
+        if not diffs and common.completed_results(model_dir):
+            print(f"Run in {model_dir} is already complete; see "
+                  f"{os.path.join(model_dir, common.RESULTS_FILE)}. Nothing to do.", flush=True)
+            shutil.rmtree(os.path.join(model_dir, common.BACKUP_DIR), ignore_errors=True)
+            return None
+        replace = bool(diffs)
+
+    # TensorFlow starts here: everything above is cheap.
+    import keras
+    import tensorflow as tf
+
+    from dcm_keras import DCM, data, networks
+
+    strategy = make_strategy(str(config["distribute"]))
+    precision = resolve_precision(str(config["precision"]))
+    keras.mixed_precision.set_global_policy(precision)
+    keras.utils.set_random_seed(int(config["seed"]))
+    if config["deterministic"]:
+        tf.config.experimental.enable_op_determinism()
+
+    dataset = str(config["dataset"])
+    info = data.get_info(dataset, data_dir=config["data_dir"], image_size=config["image_size"])
+    batch_size = int(config["batch_size"])
+    num_train = min(info.num_train, config["max_train_examples"] or info.num_train)
+    num_test = min(info.num_test, config["max_test_examples"] or info.num_test)
+    steps_per_epoch = num_train // batch_size  # training batches drop their remainder
+    if steps_per_epoch < 1:
+        raise ValueError(f"--batch_size={batch_size} exceeds the {num_train} training examples.")
+
+    with strategy.scope():
+        nets = [networks.build(name, info.num_classes, info.image_shape, aux_heads=aux_heads,
+                               weight_decay=float(config["weight_decay"]))
+                for name in config["nets"]]
+        dcm = DCM(nets, connections=connections, temperature=float(config["temperature"]),
+                  kd_weight=float(config["kd_weight"]))
+        lr = float(config["lr"])
+        if boundaries:
+            lr = keras.optimizers.schedules.PiecewiseConstantDecay(
+                [b * steps_per_epoch for b in boundaries],
+                [lr * float(config["lr_decay"]) ** i for i in range(len(boundaries) + 1)])
+        optimizer = keras.optimizers.SGD(lr, momentum=float(config["momentum"]), nesterov=False)
+        dcm.compile(optimizer=optimizer, jit_compile=bool(config["jit_compile"]))
+
+    chief = is_chief(strategy)
+    # Non-chief workers of a multi-worker run keep their files apart from the chief's.
+    out_dir = model_dir if chief else os.path.join(
+        model_dir, "workers",
+        f"{strategy.cluster_resolver.task_type}_{strategy.cluster_resolver.task_id}")
+    backup_dir = os.path.join(out_dir, common.BACKUP_DIR)
+    initial_epoch = 0 if replace else _backup_epoch(backup_dir)
+    # epoch=initial_epoch: a resumed run sees exactly the batches an uninterrupted one would.
+    load_args = dict(batch_size=batch_size, data_dir=config["data_dir"],
+                     image_size=config["image_size"])
+    train_ds = data.load(dataset, "train", training=True, seed=int(config["seed"]),
+                         max_examples=config["max_train_examples"], epoch=initial_epoch,
+                         **load_args)
+    # The training pipeline's length is unknown to tf.data (it is a flat_map over epochs). Keras
+    # then finds each epoch's end by running out of data, and that extra step still advances
+    # optimizer.iterations, shifting the step-based lr schedule by one step per epoch.
+    train_ds = train_ds.apply(tf.data.experimental.assert_cardinality(steps_per_epoch))
+    test_ds = data.load(dataset, "test", training=False,
+                        max_examples=config["max_test_examples"], **load_args)
+
+    # Written only once everything above has been checked, so a bad command leaves no trace.
+    os.makedirs(out_dir, exist_ok=True)
+    if chief:
+        if replace:
+            _clear_run(model_dir)
+        common.write_json(flags_path, config)
+        with open(os.path.join(model_dir, common.FLAGFILE), "w") as f:
+            f.write(flagfile_text())
+    return dict(config=config, model_dir=model_dir, out_dir=out_dir, backup_dir=backup_dir,
+                chief=chief, method=method, info=info, dcm=dcm, nets=nets,
+                train_ds=train_ds, test_ds=test_ds, initial_epoch=initial_epoch,
+                steps_per_epoch=steps_per_epoch, batch_size=batch_size, num_train=num_train,
+                num_test=num_test, precision=precision, strategy=strategy)
+
+
+def _fit_and_report(run: dict, process_start: float) -> int:
+    """Trains from the last finished epoch, then exports networks and writes results."""
+    import keras
+
+    from dcm_keras import save_network
+
+    config, dcm, model_dir, out_dir = run["config"], run["dcm"], run["model_dir"], run["out_dir"]
+    epochs, initial_epoch = int(config["epochs"]), run["initial_epoch"]
+    history_path = os.path.join(out_dir, common.HISTORY_FILE)
+    callbacks = [
+        epoch_stats_callback(),
+        keras.callbacks.TensorBoard(log_dir=os.path.join(out_dir, common.LOG_DIR),
+                                    write_graph=False, profile_batch=0),
+        # Logged before the backup is taken: a kill in between re-runs (and re-logs) the epoch
+        # rather than losing its row; read_history keeps the last row of each epoch.
+        keras.callbacks.CSVLogger(history_path, append=True),
+        # delete_checkpoint=False: the backup is removed only once results.json is written, so a
+        # kill during export resumes with nothing left to train instead of starting over.
+        keras.callbacks.BackupAndRestore(backup_dir=run["backup_dir"], delete_checkpoint=False),
+    ]
+    if initial_epoch:
+        print(f"Resuming {model_dir} at epoch {initial_epoch + 1}/{epochs}.", flush=True)
+    if initial_epoch < epochs:
+        dcm.fit(run["train_ds"], validation_data=run["test_ds"], epochs=epochs,
+                callbacks=callbacks, shuffle=False,  # the data module shuffles
+                verbose=1 if sys.stdout.isatty() else 2)
+    if not run["chief"]:
+        return 0
+
+    history = common.read_history(history_path)
+    last = history[-1] if history else {}
+    if last.get("epoch") != epochs - 1 or any(f"val_{h}_acc" not in last
+                                              for h in dcm.flat_heads):
+        # No usable row for the final epoch (e.g. history.csv was deleted): measure again.
+        last = {f"val_{k}": v for k, v in
+                dcm.evaluate(run["test_ds"], verbose=0, return_dict=True).items()}
+
+    nets_summary = {}
+    for k, (name, net, heads, ids) in enumerate(zip(config["nets"], run["nets"], dcm.heads,
+                                                    dcm.head_ids)):
+        deployable = dcm.export_network(k)
+        path = save_network(deployable, os.path.join(model_dir, f"net{k + 1}.keras"),
+                            overwrite=True)
+        entry = {
+            "architecture": name,
+            "file": os.path.basename(path),
+            "params": int(deployable.count_params()),
+            "params_with_heads": int(net.count_params()),
+            "test_error": {h: common.error_percent(last[f"val_{i}_acc"])
+                           for h, i in zip(heads, ids)},
+        }
+        if f"val_{ids[-1]}_top5" in last:
+            entry["top5_error"] = common.error_percent(last[f"val_{ids[-1]}_top5"])
+        nets_summary[f"net{k + 1}"] = entry
+
+    median_train = common.steady_epoch_seconds(history)
+    info = run["info"]
+    results = {
+        "complete": True,
+        "flags": config,
+        "method": run["method"],
+        "connections": [[e.student, e.teacher, e.weight] for e in dcm.edges],
+        "dataset": {"name": info.name, "num_classes": info.num_classes,
+                    "image_shape": list(info.image_shape), "train_examples": run["num_train"],
+                    "test_examples": run["num_test"]},
+        "precision": run["precision"],
+        "replicas": run["strategy"].num_replicas_in_sync,
+        "networks": nets_summary,
+        "epochs": epochs,
+        "steps_per_epoch": run["steps_per_epoch"],
+        "resumed_at_epoch": initial_epoch,
+        # Summed over epochs, so a run resumed after a kill reports its whole training time.
+        "wall_time_s": sum(row.get("epoch_seconds", 0.0) for row in history),
+        "process_wall_time_s": time.perf_counter() - process_start,
+        "epoch_train_seconds_median": median_train,
+        "train_images_per_sec": (run["steps_per_epoch"] * run["batch_size"] / median_train
+                                 if median_train else None),
+        "versions": common.versions(),
+        "history": history,
+    }
+    plot_test_error(history, {f"net{k + 1}": (name, heads) for k, (name, heads)
+                              in enumerate(zip(config["nets"], dcm.heads))},
+                    os.path.join(model_dir, common.PLOT_FILE),
+                    f"{run['method']}: {' + '.join(config['nets'])} on {info.name}")
+    common.write_json(os.path.join(model_dir, common.RESULTS_FILE), results)
+    shutil.rmtree(run["backup_dir"], ignore_errors=True)
+    summary = ", ".join(f"{k} ({v['architecture']}) {v['test_error']['logits']:.2f}%"
+                        for k, v in nets_summary.items())
+    print(f"Test error: {summary}. Results in {model_dir}.", flush=True)
+    return 0
+
+
+def main(argv: List[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    try:
+        sys.exit(train(run_flags()))
+    except UserError as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    app.run(main)

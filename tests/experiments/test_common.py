@@ -1,0 +1,67 @@
+"""The helpers behind the scripts' bookkeeping: history across resumes, flag identity, timing."""
+
+import json
+
+import pytest
+
+from experiments import common
+
+
+def test_read_history_keeps_the_last_row_of_each_epoch(tmp_path):
+    # A kill between logging epoch 1 and backing it up re-runs epoch 1 after the resume; the line
+    # cut short by a kill is skipped.
+    path = tmp_path / "history.csv"
+    path.write_text("epoch,loss,val_net1_logits_acc\n"
+                    "0,2.0,0.5\n"
+                    "1,1.5,0.6\n"
+                    "1,1.4,0.65\n"
+                    "2,1.2,NA\n"
+                    "3")
+    rows = common.read_history(str(path))
+    assert [r["epoch"] for r in rows] == [0, 1, 2]
+    assert rows[1]["loss"] == 1.4 and rows[1]["val_net1_logits_acc"] == 0.65
+    assert rows[2]["val_net1_logits_acc"] != rows[2]["val_net1_logits_acc"]  # NaN
+    assert common.read_history(str(tmp_path / "missing.csv")) == []
+
+
+def test_flag_differences_ignore_locations():
+    old = {"method": "dcm", "epochs": 3, "nets": ["a", "b"], "model_dir": "/x", "data_dir": None,
+           "overwrite": False}
+    moved = dict(old, model_dir="/y", data_dir="/data", overwrite=True)
+    assert common.flag_differences(old, moved) == []
+    changed = dict(old, epochs=4, nets=["a", "c"])
+    assert common.flag_differences(old, changed) == [
+        "epochs: 3 -> 4", "nets: ['a', 'b'] -> ['a', 'c']"]
+    # A flag the recorded run did not have counts as a difference.
+    assert common.flag_differences(old, dict(old, seed=0)) == ["seed: None -> 0"]
+
+
+def test_steady_epoch_seconds_leaves_out_the_tracing_epoch():
+    history = [{"train_seconds": 10.0}, {"train_seconds": 2.0}, {"train_seconds": 3.0},
+               {"train_seconds": 2.5}]
+    assert common.steady_epoch_seconds(history) == 2.5
+    assert common.steady_epoch_seconds([{"train_seconds": 4.0}]) == 4.0
+    assert common.steady_epoch_seconds([]) is None
+
+
+def test_completed_results_and_atomic_json(tmp_path):
+    assert common.completed_results(str(tmp_path)) is None
+    (tmp_path / "results.json").write_text('{"complete": tru')  # cut short
+    assert common.completed_results(str(tmp_path)) is None
+    common.write_json(str(tmp_path / "results.json"), {"complete": True, "x": (1, 2)})
+    assert common.completed_results(str(tmp_path)) == {"complete": True, "x": [1, 2]}
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.mark.parametrize("method,heads,preset", [
+    ("baseline", False, "none"), ("dsn", True, "none"), ("dks", True, "dks"),
+    ("dml", False, "final"), ("dcm", True, "dense"), ("same_stage", True, "same_stage"),
+    ("cross_stage", True, "cross_stage")])
+def test_methods(method, heads, preset):
+    assert common.METHODS[method] == (heads, preset)
+
+
+def test_one_line():
+    assert common.one_line(ValueError("a\n  b")) == "a b"
+    assert common.one_line(KeyError()) == "KeyError"
+    assert json.loads(json.dumps(common.versions()))["python"]

@@ -1,0 +1,89 @@
+"""`python -m experiments.compare` on a tiny custom config: 2 methods x 2 seeds, 1 epoch each."""
+
+import json
+
+import pytest
+
+from cli_helpers import describe, run
+
+# The scripts run with TensorFlow-only parts (tf.distribute, op determinism, tf.data); once
+# per `make test` is enough, so a session under another Keras backend skips them.
+pytestmark = pytest.mark.requires_tensorflow("experiment scripts are tested on TensorFlow")
+
+METHODS = ("baseline", "dml")
+SEEDS = (0, 1)
+
+
+@pytest.fixture(scope="module")
+def comparison(tmp_path_factory, small_folder):
+    root = tmp_path_factory.mktemp("compare")
+    config = {
+        "name": "tiny",
+        "rows": [["wrn_10_1", "wrn_10_1"]],
+        "methods": list(METHODS),
+        "seeds": list(SEEDS),
+        "train_flags": {"dataset": f"image_folder:{small_folder}", "image_size": 8,
+                        "epochs": 1, "batch_size": 8, "lr": 0.05, "lr_boundaries": []},
+    }
+    config_path = root / "tiny.json"
+    config_path.write_text(json.dumps(config))
+    work_dir = root / "work"
+    result = run("compare", f"--config={config_path}", f"--work_dir={work_dir}", timeout=400)
+    assert result.returncode == 0, describe(result)
+    return config_path, work_dir, result
+
+
+def test_every_run_has_its_own_directory(comparison):
+    _, work_dir, result = comparison
+    for method in METHODS:
+        for seed in SEEDS:
+            run_dir = work_dir / "tiny" / "wrn_10_1-wrn_10_1" / f"{method}_seed{seed}"
+            results = json.loads((run_dir / "results.json").read_text())
+            assert results["complete"] and results["flags"]["seed"] == seed
+            assert results["method"] == method
+            assert (run_dir / "train.log").exists() and (run_dir / "net2.keras").exists()
+    assert result.stdout.count("training in") == len(METHODS) * len(SEEDS)
+
+
+def test_table_has_mean_and_std_per_network_and_time_multiple(comparison):
+    _, work_dir, _ = comparison
+    out = work_dir / "tiny"
+    table = (out / "table.md").read_text()
+    lines = [line for line in table.splitlines() if line.startswith("| wrn_10_1")]
+    assert [line.split("|")[2].strip() for line in lines] == list(METHODS)
+    for line in lines:
+        assert line.count("±") == 2  # net1 and net2
+    summary = json.loads((out / "table.json").read_text())
+    rows = {row["method"]: row for row in summary["rows"]}
+    assert set(rows) == set(METHODS)
+    for row in rows.values():
+        assert row["seeds"] == list(SEEDS)
+        for net in ("net1", "net2"):
+            error = row["test_error"][net]
+            assert error["n"] == 2 and 0 <= error["mean"] <= 100 and error["std"] >= 0
+    assert rows["baseline"]["time_vs_baseline"] == pytest.approx(1.0)
+    assert rows["dml"]["time_vs_baseline"] > 0
+    assert summary["failed_runs"] == []
+    png = (out / "comparison.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_finished_runs_are_reused_not_retrained(comparison):
+    config_path, work_dir, _ = comparison
+    table = (work_dir / "tiny" / "table.json").read_text()
+    result = run("compare", f"--config={config_path}", f"--work_dir={work_dir}")
+    assert result.returncode == 0, describe(result)
+    assert result.stdout.count("(skipped)") == len(METHODS) * len(SEEDS)
+    assert "training in" not in result.stdout
+    assert json.loads((work_dir / "tiny" / "table.json").read_text())["rows"] == \
+        json.loads(table)["rows"]
+
+
+def test_finished_runs_with_other_settings_are_kept(comparison):
+    config_path, work_dir, _ = comparison
+    result = run("compare", f"--config={config_path}", f"--work_dir={work_dir}", "--epochs=2")
+    assert result.returncode != 0
+    assert "other settings (epochs)" in result.stderr and "Traceback" not in result.stderr
+    results = json.loads((work_dir / "tiny" / "wrn_10_1-wrn_10_1" / "baseline_seed0" /
+                          "results.json").read_text())
+    assert results["flags"]["epochs"] == 1
