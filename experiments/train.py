@@ -63,6 +63,14 @@ flags.DEFINE_float("weight_decay", 5e-4, "Coupled L2 weight decay on every weigh
 flags.DEFINE_float("temperature", 1.0, "Softmax temperature of the distillation terms.",
                    lower_bound=1e-6)
 flags.DEFINE_float("kd_weight", 1.0, "Weight of the whole distillation part.", lower_bound=0.0)
+flags.DEFINE_integer("kd_warmup_epochs", 0, "Ramp the distillation weight linearly from 0 over "
+                     "this many epochs (0 = paper).", lower_bound=0)
+flags.DEFINE_enum("ce_normalization", "sum", ["sum", "mean_per_network"],
+                  "sum (paper): add every head's cross-entropy; mean_per_network: average them "
+                  "within each network.")
+flags.DEFINE_enum("kd_normalization", "sum", ["sum", "mean_per_student"],
+                  "sum (paper): add every KL edge; mean_per_student: average the edges into each "
+                  "receiving head.")
 flags.DEFINE_enum("precision", "float32", PRECISIONS,
                   "auto: mixed_float16 on GPU, mixed_bfloat16 on a CPU with bf16 instructions, "
                   "else float32.")
@@ -84,7 +92,8 @@ flags.mark_flag_as_required("model_dir")
 # Every flag above, in definition order: what flags.json records and a resume compares.
 RUN_FLAGS = ("method", "connections", "nets", "dataset", "data_dir", "image_size", "epochs",
              "batch_size", "lr", "lr_boundaries", "lr_decay", "momentum", "weight_decay",
-             "temperature", "kd_weight", "precision", "jit_compile", "distribute", "model_dir",
+             "temperature", "kd_weight", "kd_warmup_epochs", "ce_normalization",
+             "kd_normalization", "precision", "jit_compile", "distribute", "model_dir",
              "seed", "deterministic", "max_train_examples", "max_test_examples", "overwrite")
 FLAGS = flags.FLAGS
 
@@ -216,12 +225,17 @@ def is_chief(strategy) -> bool:
     return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
 
 
+def learning_rate(config: Dict, epoch: int) -> float:
+    """The paper's step schedule: `lr * lr_decay ** (number of boundaries <= epoch)`."""
+    passed = sum(epoch >= b for b in parse_boundaries(list(config["lr_boundaries"])))
+    return float(config["lr"]) * float(config["lr_decay"]) ** passed
+
+
 def epoch_stats_callback():
     """A callback adding the learning rate and the epoch's timings to the epoch's logs.
 
     The values land in history.csv, TensorBoard and results.json. `learning_rate` is the value
-    Keras's TensorBoard callback logs too: the schedule's rate after the epoch's last step, which
-    with epoch-aligned boundaries is the rate the epoch trained with. `train_seconds` stops where
+    Keras's TensorBoard callback logs too: the rate LearningRateScheduler set for the epoch. `train_seconds` stops where
     validation starts.
     """
     import keras
@@ -326,7 +340,7 @@ def _prepare(config: Dict[str, object]) -> Optional[dict]:
     elif connections not in ("none", "dks") and len(config["nets"]) < 2:
         raise ValueError(f"--method={method} distils between networks; give at least two --nets "
                          "(e.g. --nets=wrn_16_2,wrn_16_2).")
-    boundaries = parse_boundaries(list(config["lr_boundaries"]))
+    parse_boundaries(list(config["lr_boundaries"]))  # fail before anything is written
     common.check_data_dir(config["data_dir"])
 
     # --- the run directory: new, resumed, finished or holding another run --------------------
@@ -374,13 +388,13 @@ def _prepare(config: Dict[str, object]) -> Optional[dict]:
                                weight_decay=float(config["weight_decay"]))
                 for name in config["nets"]]
         dcm = DCM(nets, connections=connections, temperature=float(config["temperature"]),
-                  kd_weight=float(config["kd_weight"]))
-        lr = float(config["lr"])
-        if boundaries:
-            lr = keras.optimizers.schedules.PiecewiseConstantDecay(
-                [b * steps_per_epoch for b in boundaries],
-                [lr * float(config["lr_decay"]) ** i for i in range(len(boundaries) + 1)])
-        optimizer = keras.optimizers.SGD(lr, momentum=float(config["momentum"]), nesterov=False)
+                  kd_weight=float(config["kd_weight"]),
+                  kd_warmup_epochs=int(config["kd_warmup_epochs"]),
+                  ce_normalization=config["ce_normalization"],
+                  kd_normalization=config["kd_normalization"])
+        # The rate is set per epoch by LearningRateScheduler (see train_and_export).
+        optimizer = keras.optimizers.SGD(float(config["lr"]), momentum=float(config["momentum"]),
+                                         nesterov=False)
         dcm.compile(optimizer=optimizer, jit_compile=bool(config["jit_compile"]))
 
     chief = is_chief(strategy)
@@ -428,6 +442,9 @@ def _fit_and_report(run: dict, process_start: float) -> int:
     epochs, initial_epoch = int(config["epochs"]), run["initial_epoch"]
     history_path = os.path.join(out_dir, common.HISTORY_FILE)
     callbacks = [
+        # Epoch-granular drops, as the released code's (and PyTorch's MultiStepLR): every step of
+        # epoch e uses lr * decay ** (boundaries passed), and a resumed run sets it again.
+        keras.callbacks.LearningRateScheduler(lambda epoch: learning_rate(config, epoch)),
         epoch_stats_callback(),
         keras.callbacks.TensorBoard(log_dir=os.path.join(out_dir, common.LOG_DIR),
                                     write_graph=False, profile_batch=0),
