@@ -26,8 +26,12 @@ data:
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist; \
 	fi
 
+# The whole suite under TensorFlow, then the core library tests again under JAX.
+CORE_TESTS := tests/test_losses.py tests/test_model.py tests/test_export.py tests/test_connections.py
+
 test: venv data
-	TF_CPP_MIN_LOG_LEVEL=3 $(PY) -m pytest -q tests
+	KERAS_BACKEND=tensorflow TF_CPP_MIN_LOG_LEVEL=3 $(PY) -m pytest -q tests
+	KERAS_BACKEND=jax TF_CPP_MIN_LOG_LEVEL=3 $(PY) -m pytest -q $(CORE_TESTS)
 
 demo: venv data
 	TF_CPP_MIN_LOG_LEVEL=3 $(PY) -m experiments.compare --preset=demo --work_dir=$(WORK_DIR)/demo

@@ -6,9 +6,9 @@ import zipfile
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import dcm_keras
+from backend_helpers import to_numpy
 from dcm_keras import DCM, networks
 
 IMAGE = (8, 8, 3)
@@ -50,8 +50,8 @@ def test_export_matches_dcm_head_and_plain_network(dcm, images, which, name, ind
     assert not isinstance(exported.output, dict)
     # One image tensor in (not a one-element list), as the network itself takes.
     assert not isinstance(exported.input, (list, tuple, dict))
-    expected = dcm(images, training=False)[f"net{index + 1}_logits"].numpy()
-    got = exported(images, training=False).numpy()
+    expected = to_numpy(dcm(images, training=False)[f"net{index + 1}_logits"])
+    got = to_numpy(exported(images, training=False))
     np.testing.assert_allclose(got, expected, atol=1e-6, rtol=0)
     # Same parameters as the network built without heads, and the same function once its
     # weights are copied over.
@@ -59,7 +59,7 @@ def test_export_matches_dcm_head_and_plain_network(dcm, images, which, name, ind
     assert trainable_count(exported) == trainable_count(plain)
     assert trainable_count(exported) < trainable_count(dcm.networks[index])
     networks.transfer_weights(dcm.networks[index], plain)
-    np.testing.assert_allclose(plain(images, training=False)["logits"].numpy(), expected,
+    np.testing.assert_allclose(to_numpy(plain(images, training=False)["logits"]), expected,
                                atol=1e-6, rtol=0)
 
 
@@ -77,8 +77,8 @@ def test_bad_network_index_lists_valid_names(dcm):
 
 def test_export_other_head_and_unknown_head(dcm, images):
     aux = dcm_keras.export_network(dcm.networks[0], head="aux2")
-    np.testing.assert_allclose(aux(images, training=False).numpy(),
-                               dcm(images, training=False)["net1_aux2"].numpy(), atol=1e-6)
+    np.testing.assert_allclose(to_numpy(aux(images, training=False)),
+                               to_numpy(dcm(images, training=False)["net1_aux2"]), atol=1e-6)
     with pytest.raises(ValueError, match="has no head 'aux3'.*aux1, aux2, logits"):
         dcm_keras.export_network(dcm.networks[0], head="aux3")
 
@@ -88,8 +88,8 @@ def test_save_and_load_network(dcm, images, tmp_path):
     path = str(tmp_path / "net1.keras")
     assert dcm_keras.save_network(exported, path) == path
     loaded = dcm_keras.load_network(path)
-    np.testing.assert_array_equal(loaded(images, training=False).numpy(),
-                                  exported(images, training=False).numpy())
+    np.testing.assert_array_equal(to_numpy(loaded(images, training=False)),
+                                  to_numpy(exported(images, training=False)))
     assert trainable_count(loaded) == trainable_count(exported)
 
     with pytest.raises(FileExistsError, match="refusing to overwrite"):
@@ -139,15 +139,29 @@ def test_load_network_rejects_corrupt_member(dcm, tmp_path):
         dcm_keras.load_network(str(corrupt))
 
 
+@pytest.mark.requires_tensorflow("SavedModel export")
 def test_export_saved_model(dcm, images, tmp_path):
+    import tensorflow as tf
+
     exported = dcm.export_network(1)
     path = str(tmp_path / "saved")
     assert dcm_keras.export_saved_model(exported, path) == path
     reloaded = tf.saved_model.load(path)
     served = reloaded.serve(tf.constant(images)).numpy()
-    np.testing.assert_allclose(served, exported(images, training=False).numpy(), atol=1e-5, rtol=0)
-    np.testing.assert_allclose(served, dcm(images, training=False)["net2_logits"].numpy(),
+    np.testing.assert_allclose(served, to_numpy(exported(images, training=False)), atol=1e-5,
+                               rtol=0)
+    np.testing.assert_allclose(served, to_numpy(dcm(images, training=False)["net2_logits"]),
                                atol=1e-5, rtol=0)
     with pytest.raises(FileExistsError, match="refusing to overwrite"):
         dcm_keras.export_saved_model(exported, path)
     assert os.path.isfile(os.path.join(path, "saved_model.pb"))
+
+
+def test_export_saved_model_needs_tensorflow(dcm, tmp_path):
+    """Under any other backend SavedModel export fails clearly, before writing anything."""
+    if keras.backend.backend() == "tensorflow":
+        pytest.skip("SavedModel export works under TensorFlow (test_export_saved_model)")
+    path = tmp_path / "saved"
+    with pytest.raises(RuntimeError, match=r"needs the TensorFlow backend \(current backend: "):
+        dcm_keras.export_saved_model(dcm.export_network(0), str(path))
+    assert not path.exists()

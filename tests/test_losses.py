@@ -13,8 +13,9 @@ import itertools
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
+from keras import ops
 
+from backend_helpers import gradients
 from dcm_keras import DCM, losses
 
 NUM_CLASSES = 7
@@ -157,7 +158,7 @@ def test_compute_loss_matches_numpy_reference(preset, temperature, kd_weight, we
     sw = random_sample_weight(2) if weighted else None
     dcm = make_dcm(connections=preset, temperature=temperature, kd_weight=kd_weight)
     assert not dcm.losses
-    y_pred = {k: tf.constant(v) for k, v in logits.items()}
+    y_pred = {k: ops.convert_to_tensor(v) for k, v in logits.items()}
     total = dcm.compute_loss(y=labels, y_pred=y_pred, sample_weight=sw)
     ref_ce, ref_kd = reference_loss(logits, labels, reference_edges(preset, HEADS),
                                     temperature, kd_weight, sw)
@@ -170,7 +171,7 @@ def test_compute_loss_matches_numpy_reference(preset, temperature, kd_weight, we
 def test_labels_of_shape_b1_are_accepted():
     logits, labels = random_logits(3), random_labels(3)
     dcm = make_dcm(connections="dense")
-    y_pred = {k: tf.constant(v) for k, v in logits.items()}
+    y_pred = {k: ops.convert_to_tensor(v) for k, v in logits.items()}
     flat = float(dcm.compute_loss(y=labels, y_pred=y_pred))
     column = float(dcm.compute_loss(y=labels.reshape(-1, 1), y_pred=y_pred))
     assert column == pytest.approx(flat, rel=1e-6)
@@ -184,7 +185,7 @@ def test_ce_mean_per_network(temperature):
     sw = random_sample_weight(4)
     dcm = make_dcm(heads, connections="dense", temperature=temperature,
                    ce_normalization="mean_per_network")
-    y_pred = {k: tf.constant(v) for k, v in logits.items()}
+    y_pred = {k: ops.convert_to_tensor(v) for k, v in logits.items()}
     total = float(dcm.compute_loss(y=labels, y_pred=y_pred, sample_weight=sw))
     ref_ce, ref_kd = reference_loss(logits, labels, reference_edges("dense", heads), temperature,
                                     1.0, sw, ce_normalization="mean_per_network",
@@ -205,7 +206,7 @@ def test_ce_mean_per_network(temperature):
 def test_kd_mean_per_student(edges):
     logits, labels = random_logits(5), random_labels(5)
     dcm = make_dcm(connections=edges, temperature=3.0, kd_normalization="mean_per_student")
-    y_pred = {k: tf.constant(v) for k, v in logits.items()}
+    y_pred = {k: ops.convert_to_tensor(v) for k, v in logits.items()}
     total = float(dcm.compute_loss(y=labels, y_pred=y_pred))
     ref_edges = reference_edges("dense", HEADS) if edges == "dense" else edges
     ref_ce, ref_kd = reference_loss(logits, labels, ref_edges, 3.0,
@@ -237,9 +238,10 @@ def test_mixed_precision_logits_are_computed_in_float32():
     logits, labels = random_logits(7), random_labels(7)
     dcm = make_dcm(connections="dense")
     stacked = np.stack([logits[h] for h in dcm.flat_heads])
-    ce, kd = losses.dcm_loss(tf.constant(stacked, tf.float16), labels, dcm._students,
+    ce, kd = losses.dcm_loss(ops.convert_to_tensor(stacked, "float16"), labels, dcm._students,
                              dcm._teachers, dcm._edge_weights)
-    assert ce.dtype == tf.float32 and kd.dtype == tf.float32
+    assert keras.backend.standardize_dtype(ce.dtype) == "float32"
+    assert keras.backend.standardize_dtype(kd.dtype) == "float32"
     half = {k: v.astype(np.float16).astype(np.float64) for k, v in logits.items()}
     ref_ce, ref_kd = reference_loss(half, labels, reference_edges("dense", HEADS))
     assert float(ce) == pytest.approx(ref_ce, rel=1e-4)
@@ -249,13 +251,14 @@ def test_mixed_precision_logits_are_computed_in_float32():
 # --- gradients: no gradient flows into a distillation target --------------------------------
 
 def _kd_and_gradients(dcm, logits, labels):
-    variables = {k: tf.Variable(v) for k, v in logits.items()}
-    with tf.GradientTape() as tape:
-        stacked = dcm.stacked_logits(variables)
+    """d kd / d logits of every head (tf.GradientTape under TensorFlow, jax.grad under JAX)."""
+    def kd_of(tensors):
+        stacked = dcm.stacked_logits(tensors)
         _, kd = losses.dcm_loss(stacked, labels, dcm._students, dcm._teachers, dcm._edge_weights,
                                 temperature=dcm.temperature, kd_weight=dcm.kd_weight)
-    grads = tape.gradient(kd, variables)
-    return {k: (np.zeros_like(logits[k]) if g is None else g.numpy()) for k, g in grads.items()}
+        return kd
+
+    return gradients(kd_of, logits)
 
 
 def test_no_gradient_into_a_teacher_only_head():

@@ -35,6 +35,9 @@ class Layers:
     Args:
         weight_decay: coupled L2 coefficient applied to every trainable weight.
         synchronized_bn: use cross-replica (synchronised) batch statistics under tf.distribute.
+            TensorFlow only: Keras refuses `synchronized=True` on other backends, and under
+            JAX's `keras.distribution.DataParallel` BatchNormalization already computes its
+            statistics over the global batch, so there the flag is recorded but not applied.
         dtype: optional dtype policy for every layer (None follows the global policy).
     """
 
@@ -65,7 +68,8 @@ class Layers:
 
     def bn(self, name: str = None) -> keras.layers.BatchNormalization:
         return keras.layers.BatchNormalization(
-            momentum=BN_MOMENTUM, epsilon=BN_EPSILON, synchronized=self.synchronized_bn,
+            momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
+            synchronized=self.synchronized_bn and keras.backend.backend() == "tensorflow",
             beta_regularizer=self._reg, gamma_regularizer=self._reg, name=name, dtype=self.dtype)
 
     def dense(self, units: int, name: str = None) -> keras.layers.Dense:
