@@ -198,6 +198,11 @@ def _fashion_mnist_arrays(split: str, directory: str) -> tuple[np.ndarray, np.nd
     if labels.shape != images.shape[:1]:
         raise ValueError(f"IDX file {label_path}: {labels.shape[0]} labels for "
                          f"{images.shape[0]} images.")
+    bad = (labels < 0) | (labels >= 10)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ValueError(f"IDX file {label_path}: labels must lie in [0, 10); {int(bad.sum())} do "
+                         f"not (the first: label {labels[i]} of example {i}).")
     return images[..., None], labels.astype(np.int32)
 
 

@@ -64,7 +64,14 @@ def load_network(path: str) -> keras.Model:
     import dcm_keras.networks  # noqa: F401  (registers the network classes)
     import dcm_keras.model  # noqa: F401  (registers DCM)
 
-    return keras.saving.load_model(path, safe_mode=True)
+    try:
+        return keras.saving.load_model(path, safe_mode=True)
+    except ValueError as error:  # e.g. safe_mode refusing a Lambda layer: Keras's words suffice
+        raise ValueError(f"{path} cannot be loaded: {error}") from None
+    except (TypeError, KeyError, AttributeError, IndexError, OSError) as error:
+        # A foreign or damaged config (an unknown class, a missing field, bad weights).
+        raise ValueError(f"{path} is not a loadable Keras model ({type(error).__name__}: "
+                         f"{error}).") from None
 
 
 def export_saved_model(model: keras.Model, path: str) -> str:

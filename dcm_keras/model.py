@@ -22,7 +22,9 @@ from keras import ops
 
 from dcm_keras import connections as connections_lib
 from dcm_keras import losses as losses_lib
+from dcm_keras import validation
 from dcm_keras.export import export_network as _export_network
+from dcm_keras.multi_worker import MultiWorkerFixes
 
 CE_NORMALIZATIONS = ("sum", "mean_per_network")
 KD_NORMALIZATIONS = ("sum", "mean_per_student")
@@ -55,7 +57,7 @@ def network_heads(network: keras.Model) -> List[str]:
 
 
 @keras.saving.register_keras_serializable(package="dcm_keras")
-class DCM(keras.Model):
+class DCM(MultiWorkerFixes, keras.Model):
     """Trains one or more networks with deep supervision and mutual distillation between heads.
 
     Args:
@@ -121,6 +123,7 @@ class DCM(keras.Model):
         self.ce_normalization = ce_normalization
         self.kd_normalization = kd_normalization
         self.num_classes = next(iter(classes.values()))
+        self._image_spec = validation.image_spec(networks)
         self.top5 = self.num_classes >= 100 if top5 is None else bool(top5)
 
         self.heads = heads
@@ -166,18 +169,40 @@ class DCM(keras.Model):
 
     # --- Keras hooks ---------------------------------------------------------------------------
     def call(self, inputs, training=None):
+        # Static shapes and dtype only: runs when a step is traced, not at every step.
+        validation.check_images(inputs, self._image_spec)
         outputs = {}
         for net, ids, heads in zip(self.networks, self.head_ids, self.heads):
             y = net(inputs, training=training)
             outputs.update({hid: y[h] for hid, h in zip(ids, heads)})
         return outputs
 
-    def fit(self, *args, callbacks=None, **kwargs):
-        """`keras.Model.fit`, adding the `KDWarmup` callback when `kd_warmup_epochs > 0`."""
+    def fit(self, x=None, y=None, *args, callbacks=None, **kwargs):
+        """`keras.Model.fit`, adding the `KDWarmup` callback when `kd_warmup_epochs > 0`.
+
+        Also refuses data it can check cheaply (see `dcm_keras.validation`): in-memory labels
+        outside `[0, num_classes)`, and training data that are empty.
+        """
+        self._check_data(x, y, "training")
+        validation_data = kwargs.get("validation_data")
+        if isinstance(validation_data, (tuple, list)) and len(validation_data) >= 2:
+            self._check_data(validation_data[0], validation_data[1], "validation")
         callbacks = list(callbacks or [])
         if self.kd_warmup_epochs and not any(isinstance(c, KDWarmup) for c in callbacks):
             callbacks.append(KDWarmup())
-        return super().fit(*args, callbacks=callbacks, **kwargs)
+        steps = validation.StepCounter()
+        history = super().fit(x, y, *args, callbacks=callbacks + [steps], **kwargs)
+        steps.check()
+        return history
+
+    def evaluate(self, x=None, y=None, *args, **kwargs):
+        """`keras.Model.evaluate`, refusing in-memory labels outside `[0, num_classes)`."""
+        self._check_data(x, y, "evaluation")
+        return super().evaluate(x, y, *args, **kwargs)
+
+    def _check_data(self, x, y, what: str) -> None:
+        validation.check_not_empty(x, what)
+        validation.check_label_values(y, self.num_classes, f"{what} labels")
 
     def compile(self, optimizer="rmsprop", loss=None, **kwargs):
         """Like `keras.Model.compile`, without `loss`: DCM computes its own loss."""
@@ -202,6 +227,7 @@ class DCM(keras.Model):
             y_pred = self(x, training=training)
         if y is None:
             raise ValueError("DCM needs labels: feed (images, labels) pairs.")
+        validation.check_label_spec(y)  # static shape and dtype: trace time only
         ce, kd = losses_lib.dcm_loss(
             self.stacked_logits(y_pred), y, self._students, self._teachers, self._edge_weights,
             temperature=self.temperature, kd_weight=self.kd_weight * self.kd_scale,

@@ -11,6 +11,7 @@ import math
 import os
 import platform
 import statistics
+import tempfile
 from typing import Dict, List, Optional, Tuple
 
 # method -> (auxiliary heads?, connections preset). The paper's Table 1 names.
@@ -46,12 +47,24 @@ def read_json(path: str) -> Optional[dict]:
 
 
 def write_json(path: str, value) -> None:
-    """Writes JSON atomically, so a kill never leaves a truncated file behind."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(value, f, indent=2, sort_keys=False, default=_json_default)
-        f.write("\n")
-    os.replace(tmp, path)
+    """Writes JSON atomically, so a kill never leaves a truncated file behind.
+
+    The temporary file gets a fresh name (created with O_EXCL, so a symlink planted under the
+    name is never followed), and `os.replace` swaps the result in: a link at `path` itself is
+    replaced, not written through.
+    """
+    directory, base = os.path.split(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(value, f, indent=2, sort_keys=False, default=_json_default)
+            f.write("\n")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.lexists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def _json_default(value):
@@ -130,6 +143,44 @@ def check_data_dir(data_dir: Optional[str]) -> None:
     if data_dir and not os.path.isdir(data_dir):
         raise FileNotFoundError(f"--data_dir {data_dir} does not exist (create it first if tfds "
                                 "should download into it).")
+
+
+def check_name(value: str, what: str) -> str:
+    """Refuses a file or folder name that could leave the folder it is joined to.
+
+    Names built from flags or config files (network names, run names) become path components;
+    an absolute path, a separator, `..` or a leading dot would let them escape or hide.
+    """
+    if (not isinstance(value, str) or not value or value in (".", "..") or value.startswith(".")
+            or os.sep in value or (os.altsep and os.altsep in value) or "\0" in value):
+        raise ValueError(f"{what} {value!r} is not a plain name (no path separators, no leading "
+                         "dot, not '..').")
+    return value
+
+
+def check_no_symlinks(root: str, *relative: str) -> None:
+    """Refuses to write `root/<relative>` when it would go through a symbolic link.
+
+    `root` is the folder the user named and may itself be a link; below it, no component of a path
+    the scripts write (a file, or a folder they create) may be a link, wherever it points: writing
+    through one would put files outside the folder the user named, or clobber another file inside.
+    """
+    root = os.path.abspath(root)
+    for rel in relative:
+        path = os.path.normpath(os.path.join(root, rel))
+        if os.path.commonpath([root, path]) != root:
+            raise ValueError(f"{rel!r} would be written outside {root}.")
+        current = root
+        for part in os.path.relpath(path, root).split(os.sep):
+            if part in ("", os.curdir):
+                continue
+            current = os.path.join(current, part)
+            if os.path.islink(current):
+                raise ValueError(f"{current} is a symbolic link (to {os.readlink(current)}); "
+                                 "refusing to write through it. Remove it, or choose another "
+                                 "folder.")
+            if not os.path.isdir(current):
+                break  # nothing below it exists yet, so nothing below it can be a link
 
 
 def error_percent(accuracy: float) -> float:

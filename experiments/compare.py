@@ -98,6 +98,15 @@ def load_config(preset: str, config_path: Optional[str], methods: Optional[Seque
     for key in ("method", "nets", "seed", "model_dir", "overwrite"):
         if key in config["train_flags"]:
             raise ValueError(f"train_flags may not set {key!r}: the comparison sets it per run.")
+    if not all(isinstance(s, int) and not isinstance(s, bool) for s in config["seeds"]):
+        raise ValueError(f"Seeds must be integers, got {config['seeds']!r}.")
+    # They become folder names under --work_dir: nothing may lead out of it.
+    common.check_name(config["name"], "The comparison name")
+    for nets in config["rows"]:
+        if not isinstance(nets, list) or not nets:
+            raise ValueError(f"Each row must be a non-empty list of networks, got {nets!r}.")
+        for net in nets:
+            common.check_name(net, "Network name")
     return config
 
 
@@ -129,6 +138,7 @@ def run_dir(work_dir: str, name: str, nets: Sequence[str], method: str, seed: in
 def run_one(directory: str, train_flags: Dict[str, object]) -> Optional[dict]:
     """Runs (or resumes) one training subprocess; returns its results, or None if it failed."""
     os.makedirs(directory, exist_ok=True)
+    common.check_no_symlinks(directory, "train.log")
     argv = [sys.executable, "-m", "experiments.train", f"--model_dir={directory}"]
     argv += [f"--{k}={_flag_text(v)}" for k, v in train_flags.items() if v is not None]
     repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -255,6 +265,11 @@ def compare(config: dict, work_dir: str) -> int:
     Returns the number of runs that failed.
     """
     out_dir = os.path.join(work_dir, config["name"])
+    # Every folder and file the comparison writes below --work_dir, checked before any is.
+    common.check_no_symlinks(work_dir, config["name"], *[
+        os.path.relpath(run_dir(work_dir, config["name"], nets, method, seed), work_dir)
+        for nets in config["rows"] for method in config["methods"] for seed in config["seeds"]])
+    common.check_no_symlinks(out_dir, "table.md", "table.json", "comparison.png")
     os.makedirs(out_dir, exist_ok=True)
     jobs = [(tuple(nets), method, seed) for nets in config["rows"]
             for method in config["methods"] for seed in config["seeds"]]

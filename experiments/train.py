@@ -16,7 +16,25 @@ batch 128, 200 epochs, lr x0.2 at epochs 60, 120 and 160). `--model_dir` ends up
 
 Re-running the same command resumes a killed run at its last finished epoch (optimizer state
 included); re-running a finished one does nothing. A directory holding a run with other flags is
-refused unless `--overwrite` is given.
+refused unless `--overwrite` is given. Checkpoints are committed atomically, so a kill at any
+moment (a checkpoint write included) leaves the last finished epoch resumable
+(experiments/fault_tolerance.py says why Keras's own BackupAndRestore does not). A NaN or infinite
+training loss stops the run with an error before the diverged epoch is backed up. The script never
+writes through a symbolic link inside `--model_dir`.
+
+Multi-worker training (`--distribute=multi_worker`): every worker runs the same command with its
+own `$TF_CONFIG`, e.g. `{"cluster": {"worker": ["host1:2222", "host2:2222"]}, "task": {"type":
+"worker", "index": 0}}`. `--model_dir` must be a folder every worker can read (a shared file
+system): the chief (task `chief`, else `worker` 0) alone writes to it; the other workers write
+their logs and backups to a temporary folder that is removed when they finish (a SIGKILL leaves it
+in $TMPDIR), and restore from the chief's backup when the run resumes. If a worker dies, restart
+every worker with the same command. BatchNormalization statistics are synchronised across replicas
+whenever there are several, so N replicas with global `--batch_size` B train like one device with
+batch B.
+
+`DCM_DEBUG_WEIGHTS_DIR=<folder>` (for tests): every process, chief or not, also saves the trained
+DCM's weights as `<folder>/<task>_<index>.weights.h5` (`chief_0` outside multi-worker training).
+`DCM_DEBUG_PAUSE` is described in experiments/fault_tolerance.py.
 """
 
 from __future__ import annotations
@@ -26,6 +44,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 import time
 from typing import Dict, List, Optional, Tuple
 
@@ -201,6 +220,47 @@ def resolve_precision(precision: str) -> str:
     return "mixed_bfloat16" if cpu_flags & {"avx512_bf16", "amx_bf16"} else "float32"
 
 
+def parse_tf_config(text: Optional[str]) -> Tuple[str, int, bool, int]:
+    """`(task type, index, whether it is the chief, number of workers)` from `$TF_CONFIG`.
+
+    Raises ValueError, naming the problem, for a value that MultiWorkerMirroredStrategy could
+    not use: missing, not JSON, no cluster, or no entry in the cluster for this worker.
+    """
+    if not text or not text.strip():
+        raise ValueError("--distribute=multi_worker needs $TF_CONFIG, e.g. {\"cluster\": "
+                         "{\"worker\": [\"host1:2222\", \"host2:2222\"]}, \"task\": "
+                         "{\"type\": \"worker\", \"index\": 0}}.")
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"$TF_CONFIG is not valid JSON ({e.msg} at character {e.pos}).")
+    if not isinstance(config, dict):
+        raise ValueError("$TF_CONFIG must be a JSON object with \"cluster\" and \"task\".")
+    cluster = config.get("cluster")
+    if (not isinstance(cluster, dict) or not cluster
+            or not all(isinstance(v, list) and v and all(isinstance(a, str) and a for a in v)
+                       for v in cluster.values())):
+        raise ValueError("$TF_CONFIG has no usable \"cluster\": it must map task types (chief, "
+                         "worker) to lists of \"host:port\" addresses.")
+    unsupported = sorted(set(cluster) - {"chief", "worker"})
+    if unsupported:
+        raise ValueError(f"$TF_CONFIG's cluster has {', '.join(unsupported)} tasks; "
+                         "MultiWorkerMirroredStrategy runs only chief and worker tasks.")
+    task = config.get("task")
+    kind = task.get("type") if isinstance(task, dict) else None
+    index = task.get("index", 0) if isinstance(task, dict) else None
+    if not isinstance(kind, str) or not isinstance(index, int) or isinstance(index, bool):
+        raise ValueError("$TF_CONFIG lacks this worker: it needs \"task\": {\"type\": ..., "
+                         f"\"index\": ...}}, got {json.dumps(task)}.")
+    if kind not in cluster or not 0 <= index < len(cluster[kind]):
+        listed = ", ".join(f"{k}: {len(v)} task{'s' * (len(v) != 1)}"
+                           for k, v in cluster.items())
+        raise ValueError(f"$TF_CONFIG lacks this worker: task {kind} {index} is not in its cluster "
+                         f"({listed}; indices start at 0).")
+    chief = kind == "chief" or (kind == "worker" and index == 0 and "chief" not in cluster)
+    return kind, index, chief, sum(len(v) for v in cluster.values())
+
+
 def make_strategy(kind: str):
     """The tf.distribute strategy for `--distribute`."""
     import tensorflow as tf
@@ -212,17 +272,6 @@ def make_strategy(kind: str):
     if kind == "mirrored":
         return tf.distribute.MirroredStrategy()
     return tf.distribute.get_strategy()
-
-
-def is_chief(strategy) -> bool:
-    """Whether this process writes the run's files (always, outside multi-worker training)."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.task_type:
-        return True
-    if resolver.task_type == "chief":
-        return True
-    has_chief = "chief" in resolver.cluster_spec().as_dict()
-    return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
 
 
 def learning_rate(config: Dict, epoch: int) -> float:
@@ -276,10 +325,63 @@ def _clear_run(model_dir: str) -> None:
             os.remove(os.path.join(model_dir, name))
 
 
-def _backup_epoch(backup_dir: str) -> int:
-    """The number of epochs a BackupAndRestore directory says are finished (0 if none)."""
-    meta = common.read_json(os.path.join(backup_dir, "training_metadata.json"))
-    return int(meta.get("epoch", 0)) if meta else 0
+def _check_workers_agree(strategy, epoch: int, restore_dir: str) -> None:
+    """Refuses to train when the workers restored different epochs (one collective op).
+
+    That happens when --model_dir is not on a file system all workers share: the others would
+    not see the chief's backup, and training would silently mix different weights.
+    """
+    import tensorflow as tf
+
+    values = strategy.run(lambda: tf.constant([float(epoch), float(epoch) ** 2], tf.float64))
+    mean, mean_square = strategy.reduce("MEAN", values, axis=None).numpy().tolist()
+    if abs(mean_square - mean ** 2) > 1e-9:
+        raise ValueError(f"the workers found different backups to resume from (this one: {epoch} "
+                         f"epochs in {restore_dir}, the mean over workers: {mean:g}); "
+                         "--model_dir must be a folder that every worker sees (a shared file "
+                         "system).")
+
+
+def _written_paths(num_nets: int) -> List[str]:
+    """Everything a run writes in --model_dir, relative to it."""
+    return [common.FLAGS_FILE, common.FLAGFILE, common.HISTORY_FILE, common.RESULTS_FILE,
+            common.PLOT_FILE, common.BACKUP_DIR, os.path.join(common.LOG_DIR, "train"),
+            os.path.join(common.LOG_DIR, "validation")] + [
+        f"net{k + 1}.keras" for k in range(num_nets)]
+
+
+def _deployable(run: dict, k: int):
+    """Network k's deployable model (no auxiliary heads), always with plain BatchNormalization.
+
+    A multi-replica run trains with synchronised BN layers; those are rebuilt as ordinary ones
+    (same weights) so that the exported file does not depend on tf.distribute, which Keras's
+    synchronised BN needs to be loaded under another backend.
+    """
+    dcm = run["dcm"]
+    if not run["synchronized_bn"]:
+        return dcm.export_network(k)
+    from dcm_keras import export_network, networks
+
+    config, info, trained = run["config"], run["info"], run["nets"][k]
+    plain = networks.build(config["nets"][k], info.num_classes, info.image_shape,
+                           aux_heads=common.METHODS[run["method"]][0],
+                           weight_decay=float(config["weight_decay"]), synchronized_bn=False)
+    plain.set_weights(trained.get_weights())
+    return export_network(plain)
+
+
+def _save_model_atomically(model, path: str) -> str:
+    """`model.save(path)` through a temporary file and a rename: never a truncated `.keras`."""
+    from dcm_keras import save_network
+
+    directory, base = os.path.split(path)
+    for name in os.listdir(directory):  # left behind by a process killed while saving
+        if name.startswith(".tmp.") and name.endswith(f".{base}"):
+            os.remove(os.path.join(directory, name))
+    tmp = os.path.join(directory, f".tmp.{os.getpid()}.{base}")
+    save_network(model, tmp, overwrite=True)
+    os.replace(tmp, path)
+    return path
 
 
 def plot_test_error(history: List[dict], network_heads: Dict[str, Tuple[str, List[str]]],
@@ -320,18 +422,37 @@ def plot_test_error(history: List[dict], network_heads: Dict[str, Tuple[str, Lis
 def train(config: Dict[str, object]) -> int:
     """Runs (or resumes) the training described by `config` (= `run_flags()`). Returns 0.
 
-    Raises `UserError` for bad flags, a run directory holding another run, or bad data.
+    Raises `UserError` for bad flags, a run directory holding another run, bad data, or a loss
+    that became NaN or infinite.
     """
     process_start = time.perf_counter()
-    with user_errors():
-        run = _prepare(config)
-    if run is None:
-        return 0
-    return _fit_and_report(run, process_start)
+    scratch = []  # a non-chief worker's temporary folder, removed whatever happens
+    try:
+        with user_errors():
+            run = _prepare(config, scratch)
+        if run is None:
+            return 0
+        from experiments.fault_tolerance import NonFiniteLoss, committed_epoch
+
+        try:
+            return _fit_and_report(run, process_start)
+        except NonFiniteLoss as e:
+            kept = committed_epoch(run["restore_dir"])
+            backup = (f"the backup of epoch {kept} in {run['restore_dir']} is kept (re-running "
+                      "this command resumes from it)" if kept else "no epoch had finished, so "
+                      "there is no backup")
+            raise UserError(f"{e}: training diverged (is --lr too high?) and was stopped before "
+                            f"that epoch could be backed up; {backup}.") from e
+    finally:
+        for folder in scratch:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
-def _prepare(config: Dict[str, object]) -> Optional[dict]:
-    """Checks the run directory, builds the model and the datasets; None if already complete."""
+def _prepare(config: Dict[str, object], scratch: List[str]) -> Optional[dict]:
+    """Checks the run directory, builds the model and the datasets; None if already complete.
+
+    A non-chief worker of a multi-worker run appends the temporary folder it writes to `scratch`.
+    """
     model_dir = os.path.abspath(str(config["model_dir"]))
     method = str(config["method"])
     aux_heads, connections = common.METHODS[method]
@@ -342,6 +463,10 @@ def _prepare(config: Dict[str, object]) -> Optional[dict]:
                          "(e.g. --nets=wrn_16_2,wrn_16_2).")
     parse_boundaries(list(config["lr_boundaries"]))  # fail before anything is written
     common.check_data_dir(config["data_dir"])
+    task: Tuple[str, int, bool, int] = ("chief", 0, True, 1)
+    if config["distribute"] == "multi_worker":
+        task = parse_tf_config(os.environ.get("TF_CONFIG"))
+    chief = task[2]
 
     # --- the run directory: new, resumed, finished or holding another run --------------------
     if os.path.exists(model_dir) and not os.path.isdir(model_dir):
@@ -360,12 +485,15 @@ def _prepare(config: Dict[str, object]) -> Optional[dict]:
             shutil.rmtree(os.path.join(model_dir, common.BACKUP_DIR), ignore_errors=True)
             return None
         replace = bool(diffs)
+    if chief:  # refuses links before anything is written (or, with --overwrite, removed)
+        common.check_no_symlinks(model_dir, *_written_paths(len(config["nets"])))
 
     # TensorFlow starts here: everything above is cheap.
     import keras
     import tensorflow as tf
 
     from dcm_keras import DCM, data, networks
+    from experiments.fault_tolerance import AtomicBackupAndRestore
 
     strategy = make_strategy(str(config["distribute"]))
     precision = resolve_precision(str(config["precision"]))
@@ -383,9 +511,12 @@ def _prepare(config: Dict[str, object]) -> Optional[dict]:
     if steps_per_epoch < 1:
         raise ValueError(f"--batch_size={batch_size} exceeds the {num_train} training examples.")
 
+    # Several replicas: batch statistics over the global batch, as on one device.
+    synchronized_bn = strategy.num_replicas_in_sync > 1
     with strategy.scope():
         nets = [networks.build(name, info.num_classes, info.image_shape, aux_heads=aux_heads,
-                               weight_decay=float(config["weight_decay"]))
+                               weight_decay=float(config["weight_decay"]),
+                               synchronized_bn=synchronized_bn)
                 for name in config["nets"]]
         dcm = DCM(nets, connections=connections, temperature=float(config["temperature"]),
                   kd_weight=float(config["kd_weight"]),
@@ -397,13 +528,27 @@ def _prepare(config: Dict[str, object]) -> Optional[dict]:
                                          nesterov=False)
         dcm.compile(optimizer=optimizer, jit_compile=bool(config["jit_compile"]))
 
-    chief = is_chief(strategy)
-    # Non-chief workers of a multi-worker run keep their files apart from the chief's.
-    out_dir = model_dir if chief else os.path.join(
-        model_dir, "workers",
-        f"{strategy.cluster_resolver.task_type}_{strategy.cluster_resolver.task_id}")
-    backup_dir = os.path.join(out_dir, common.BACKUP_DIR)
-    initial_epoch = 0 if replace else _backup_epoch(backup_dir)
+    # Non-chief workers write to a temporary folder (removed by `train`) and resume from the
+    # chief's backup: Keras's BackupAndRestore has no notion of workers, and all of them must
+    # save (reading synchronised variables takes every worker) but only one may write the run.
+    restore_dir = os.path.join(model_dir, common.BACKUP_DIR)
+    if chief:
+        out_dir = model_dir
+    else:
+        out_dir = tempfile.mkdtemp(prefix=f"dcm_{task[0]}{task[1]}_")
+        scratch.append(out_dir)
+    backup = AtomicBackupAndRestore(os.path.join(out_dir, common.BACKUP_DIR),
+                                    restore_dir=restore_dir)
+    with strategy.scope():
+        # Weights and optimizer state of the last finished epoch, also when no epoch is left to
+        # train (a run killed while exporting must export the trained weights).
+        if replace:  # the old run's backup is about to go (the chief removes it below)
+            backup.start_over()
+            initial_epoch = 0
+        else:
+            initial_epoch = backup.restore(dcm)
+    if task[3] > 1:
+        _check_workers_agree(strategy, initial_epoch, restore_dir)
     # epoch=initial_epoch: a resumed run sees exactly the batches an uninterrupted one would.
     load_args = dict(batch_size=batch_size, data_dir=config["data_dir"],
                      image_size=config["image_size"])
@@ -425,7 +570,8 @@ def _prepare(config: Dict[str, object]) -> Optional[dict]:
         common.write_json(flags_path, config)
         with open(os.path.join(model_dir, common.FLAGFILE), "w") as f:
             f.write(flagfile_text())
-    return dict(config=config, model_dir=model_dir, out_dir=out_dir, backup_dir=backup_dir,
+    return dict(config=config, model_dir=model_dir, out_dir=out_dir, backup=backup,
+                restore_dir=restore_dir, task=task, synchronized_bn=synchronized_bn,
                 chief=chief, method=method, info=info, dcm=dcm, nets=nets,
                 train_ds=train_ds, test_ds=test_ds, initial_epoch=initial_epoch,
                 steps_per_epoch=steps_per_epoch, batch_size=batch_size, num_train=num_train,
@@ -436,7 +582,7 @@ def _fit_and_report(run: dict, process_start: float) -> int:
     """Trains from the last finished epoch, then exports networks and writes results."""
     import keras
 
-    from dcm_keras import save_network
+    from experiments.fault_tolerance import StopOnNonFiniteLoss, debug_pause
 
     config, dcm, model_dir, out_dir = run["config"], run["dcm"], run["model_dir"], run["out_dir"]
     epochs, initial_epoch = int(config["epochs"]), run["initial_epoch"]
@@ -451,33 +597,53 @@ def _fit_and_report(run: dict, process_start: float) -> int:
         # Logged before the backup is taken: a kill in between re-runs (and re-logs) the epoch
         # rather than losing its row; read_history keeps the last row of each epoch.
         keras.callbacks.CSVLogger(history_path, append=True),
-        # delete_checkpoint=False: the backup is removed only once results.json is written, so a
-        # kill during export resumes with nothing left to train instead of starting over.
-        keras.callbacks.BackupAndRestore(backup_dir=run["backup_dir"], delete_checkpoint=False),
+        # Raises at the first non-finite batch loss, before the epoch (and its backup) ends.
+        StopOnNonFiniteLoss(),
+        # Restored in _prepare; kept after training and removed only once results.json is
+        # written, so a kill during export resumes with nothing left to train.
+        run["backup"],
     ]
-    if initial_epoch:
+    if initial_epoch >= epochs:
+        print(f"Resuming {model_dir}: all {epochs} epochs are trained; exporting from the backup.",
+              flush=True)
+    elif initial_epoch:
         print(f"Resuming {model_dir} at epoch {initial_epoch + 1}/{epochs}.", flush=True)
+    fit_logs = {}
     if initial_epoch < epochs:
-        dcm.fit(run["train_ds"], validation_data=run["test_ds"], epochs=epochs,
-                callbacks=callbacks, shuffle=False,  # the data module shuffles
-                verbose=1 if sys.stdout.isatty() else 2)
-    if not run["chief"]:
-        return 0
+        fit_logs = dcm.fit(run["train_ds"], validation_data=run["test_ds"], epochs=epochs,
+                           initial_epoch=initial_epoch, callbacks=callbacks,
+                           shuffle=False,  # the data module shuffles
+                           verbose=1 if sys.stdout.isatty() else 2).history
+    debug_dir = os.environ.get("DCM_DEBUG_WEIGHTS_DIR")
+    if debug_dir:  # a test hook (see the module docstring)
+        task_type, task_index = run["task"][:2]
+        dcm.save_weights(os.path.join(debug_dir, f"{task_type}_{task_index}.weights.h5"))
 
-    history = common.read_history(history_path)
-    last = history[-1] if history else {}
-    if last.get("epoch") != epochs - 1 or any(f"val_{h}_acc" not in last
-                                              for h in dcm.flat_heads):
+    history = common.read_history(history_path) if run["chief"] else []
+    if config["distribute"] == "multi_worker":
+        # Every worker must take the same branch (evaluate is a collective), so decide on what
+        # all of them know: whether this process trained the final epoch.
+        if len(fit_logs.get("loss", [])) == epochs - initial_epoch and epochs > initial_epoch:
+            last = {k: v[-1] for k, v in fit_logs.items()}
+        else:
+            last = {}
+    else:
+        last = history[-1] if history else {}
+    if last.get("epoch", epochs - 1) != epochs - 1 or any(f"val_{h}_acc" not in last
+                                                          for h in dcm.flat_heads):
         # No usable row for the final epoch (e.g. history.csv was deleted): measure again.
         last = {f"val_{k}": v for k, v in
                 dcm.evaluate(run["test_ds"], verbose=0, return_dict=True).items()}
+    if not run["chief"]:
+        return 0
 
     nets_summary = {}
     for k, (name, net, heads, ids) in enumerate(zip(config["nets"], run["nets"], dcm.heads,
                                                     dcm.head_ids)):
-        deployable = dcm.export_network(k)
-        path = save_network(deployable, os.path.join(model_dir, f"net{k + 1}.keras"),
-                            overwrite=True)
+        deployable = _deployable(run, k)
+        path = _save_model_atomically(deployable, os.path.join(model_dir, f"net{k + 1}.keras"))
+        if k == 0:
+            debug_pause("export")
         entry = {
             "architecture": name,
             "file": os.path.basename(path),
@@ -502,6 +668,8 @@ def _fit_and_report(run: dict, process_start: float) -> int:
                     "test_examples": run["num_test"]},
         "precision": run["precision"],
         "replicas": run["strategy"].num_replicas_in_sync,
+        "workers": run["task"][3],
+        "synchronized_bn": run["synchronized_bn"],
         "networks": nets_summary,
         "epochs": epochs,
         "steps_per_epoch": run["steps_per_epoch"],
@@ -520,7 +688,7 @@ def _fit_and_report(run: dict, process_start: float) -> int:
                     os.path.join(model_dir, common.PLOT_FILE),
                     f"{run['method']}: {' + '.join(config['nets'])} on {info.name}")
     common.write_json(os.path.join(model_dir, common.RESULTS_FILE), results)
-    shutil.rmtree(run["backup_dir"], ignore_errors=True)
+    shutil.rmtree(run["restore_dir"], ignore_errors=True)
     summary = ", ".join(f"{k} ({v['architecture']}) {v['test_error']['logits']:.2f}%"
                         for k, v in nets_summary.items())
     print(f"Test error: {summary}. Results in {model_dir}.", flush=True)

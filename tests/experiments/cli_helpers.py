@@ -5,10 +5,13 @@ WRN-10-1 on 8x8 images so that a two-epoch run takes seconds on two cores.
 """
 
 import os
+import queue
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
-from typing import List
+from typing import Dict, List, Optional
 
 import numpy as np
 
@@ -40,10 +43,82 @@ def run(module: str, *args: str, timeout: float = 240) -> subprocess.CompletedPr
                           text=True, timeout=timeout)
 
 
-def start(module: str, *args: str) -> subprocess.Popen:
+def start(module: str, *args: str, extra_env: Optional[Dict[str, str]] = None
+          ) -> subprocess.Popen:
     """Starts `python -m experiments.<module> args...` without waiting for it."""
-    return subprocess.Popen(command(module, *args), cwd=REPO, env=env(), text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(command(module, *args), cwd=REPO, env={**env(), **(extra_env or {})},
+                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+class Watched:
+    """A started script whose stdout and stderr are read as they come (by two threads).
+
+    `wait_for(text)` blocks until a line of stdout contains `text`; `finish()` waits for the exit.
+    """
+
+    def __init__(self, module: str, *args: str, extra_env: Optional[Dict[str, str]] = None):
+        self.proc = start(module, *args, extra_env=extra_env)
+        self.out: List[str] = []
+        self.err: List[str] = []
+        self._lines: "queue.Queue[Optional[str]]" = queue.Queue()
+        self._threads = [threading.Thread(target=self._read, args=(self.proc.stdout, self.out,
+                                                                   self._lines), daemon=True),
+                         threading.Thread(target=self._read, args=(self.proc.stderr, self.err,
+                                                                   None), daemon=True)]
+        for thread in self._threads:
+            thread.start()
+
+    @staticmethod
+    def _read(stream, store, lines):
+        for line in stream:
+            store.append(line)
+            if lines is not None:
+                lines.put(line)
+        if lines is not None:
+            lines.put(None)  # end of output
+
+    def wait_for(self, text: str, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no {text!r} within {timeout:.0f} s\n{self.describe()}")
+            try:
+                line = self._lines.get(timeout=left)
+            except queue.Empty:
+                continue
+            if line is None:
+                self.proc.wait()
+                raise AssertionError(f"exited before printing {text!r}\n{self.describe()}")
+            if text in line:
+                return line
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=60)
+
+    def finish(self, timeout: float) -> int:
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"still running after {timeout:.0f} s\n{self.describe()}")
+        for thread in self._threads:
+            thread.join(timeout=10)
+        return self.proc.returncode
+
+    @property
+    def stdout(self) -> str:
+        return "".join(self.out)
+
+    @property
+    def stderr(self) -> str:
+        return "".join(self.err)
+
+    def describe(self) -> str:
+        return (f"exit {self.proc.returncode}\nstdout:\n{self.stdout[-3000:]}\n"
+                f"stderr:\n{self.stderr[-3000:]}")
 
 
 def message_lines(stderr: str) -> List[str]:
@@ -73,3 +148,30 @@ def write_image_folder(root: Path, classes: int, train_per_class: int, test_per_
                 png = tf.io.encode_png(image).numpy()
                 (directory / f"{i}.png").write_bytes(png)
     return str(root)
+
+
+def h5_arrays(path) -> Dict[str, np.ndarray]:
+    """Every dataset of an HDF5 file (a `.weights.h5` checkpoint), by its path in the file."""
+    import h5py
+
+    arrays = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda name, item: arrays.__setitem__(name, item[()])
+                     if isinstance(item, h5py.Dataset) else None)
+    return arrays
+
+
+def free_ports(count: int) -> List[int]:
+    """`count` distinct free TCP ports on 127.0.0.1 (bound to port 0, then released)."""
+    import socket
+
+    sockets = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()

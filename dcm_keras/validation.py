@@ -1,0 +1,148 @@
+"""Checks of what `DCM` is fed, each answering a mistake with a message that names it.
+
+Without them Keras trains on wrong input without complaint: labels outside `[0, classes)` one-hot
+encode to zeros (a cross-entropy of 0), images of another size pass through global average pooling,
+integer pixels are cast to float without normalisation, and an empty dataset gives an empty history.
+
+The checks cost nothing per step:
+
+- the shapes and dtypes of images and labels are checked when a step is traced (`call`,
+  `compute_loss`), from static shapes;
+- label *values* are checked once per `fit` / `evaluate` call when the data are in memory (NumPy
+  arrays, lists, eager tensors): one vectorised pass over the labels. A `tf.data.Dataset` is not
+  scanned (that would take a pass over the data); `dcm_keras.data` validates the labels it reads
+  when it builds a pipeline;
+- an empty dataset is refused before `fit` when its size is known (arrays, a dataset of known
+  cardinality), and otherwise detected after `fit` when no training step ran.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import keras
+import numpy as np
+
+
+def _in_memory(value) -> Optional[np.ndarray]:
+    """`value` as a NumPy array when it is in-memory data (not a dataset or a symbolic tensor)."""
+    if value is None or isinstance(value, (dict, str, bytes)):
+        return None
+    if isinstance(value, np.ndarray):
+        return value
+    if isinstance(value, (list, tuple)):
+        try:
+            array = np.asarray(value)
+        except (ValueError, TypeError):
+            return None
+        return array if array.dtype != object else None
+    if hasattr(value, "__array__") and hasattr(value, "shape") and hasattr(value, "dtype"):
+        try:
+            return np.asarray(value)  # eager TF tensors, JAX arrays
+        except Exception:  # symbolic tensors refuse
+            return None
+    return None
+
+
+def check_label_values(labels, num_classes: int, what: str = "labels") -> None:
+    """Refuses in-memory labels that are not class indices in `[0, num_classes)`."""
+    y = _in_memory(labels)
+    if y is None:
+        return
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1:
+        hint = (" (one-hot labels? pass their argmax)" if y.ndim == 2 and y.shape[1] == num_classes
+                else "")
+        raise ValueError(f"DCM {what} must be class indices of shape (N,) or (N, 1); got shape "
+                         f"{y.shape}{hint}.")
+    if y.dtype.kind not in "iuf":
+        raise ValueError(f"DCM {what} must be integer class indices; got dtype {y.dtype}.")
+    if y.dtype.kind == "f":
+        non_integer = ~np.isfinite(y) | (y != np.round(np.nan_to_num(y)))
+        if non_integer.any():
+            i = int(np.argmax(non_integer))
+            raise ValueError(f"DCM {what} must be integer class indices; {what}[{i}] is {y[i]}.")
+    bad = (y < 0) | (y >= num_classes)
+    if bad.any():
+        i = int(np.argmax(bad))
+        values = np.unique(y[bad])
+        shown = ", ".join(str(v.item()) for v in values[:5]) + (", ..." if len(values) > 5 else "")
+        raise ValueError(f"DCM {what} must lie in [0, {num_classes}) for {num_classes} classes; "
+                         f"{int(bad.sum())} of {len(y)} do not (values {shown}; the first is "
+                         f"{what}[{i}] = {y[i].item()}).")
+
+
+def check_not_empty(x, what: str) -> None:
+    """Refuses in-memory data with no example and a `tf.data.Dataset` known to be empty."""
+    array = _in_memory(x)
+    if array is not None and array.ndim >= 1 and len(array) == 0:
+        raise ValueError(f"The {what} data are empty (0 examples).")
+    cardinality = getattr(x, "cardinality", None)
+    if array is None and callable(cardinality) and type(x).__module__.startswith("tensorflow"):
+        try:
+            size = int(cardinality())
+        except Exception:
+            return
+        if size == 0:
+            raise ValueError(f"The {what} dataset is empty (0 batches).")
+
+
+def image_spec(networks) -> Optional[Tuple[tuple, str]]:
+    """`(shape without batch axis, dtype)` the networks' single image input expects, or None."""
+    specs = set()
+    for net in networks:
+        inputs = getattr(net, "inputs", None)
+        if not inputs or len(inputs) != 1:
+            return None
+        specs.add((tuple(inputs[0].shape[1:]), keras.backend.standardize_dtype(inputs[0].dtype)))
+    return specs.pop() if len(specs) == 1 else None
+
+
+def check_images(images, spec: Optional[Tuple[tuple, str]]) -> None:
+    """Refuses a batch whose static shape or dtype does not fit the networks (trace time)."""
+    if spec is None or not hasattr(images, "shape") or not hasattr(images, "dtype"):
+        return
+    shape, dtype = spec
+    got = tuple(images.shape)
+    expected = (None,) + shape
+    if len(got) != len(expected) or any(
+            a is not None and b is not None and a != b for a, b in zip(got[1:], shape)):
+        raise ValueError(f"DCM's networks take images of shape {expected} (batch first); got a "
+                         f"batch of shape {got}.")
+    got_dtype = keras.backend.standardize_dtype(images.dtype)
+    if "float" in dtype and "float" not in got_dtype:
+        raise ValueError(f"DCM's networks take floating-point images ({dtype}), normalised as in "
+                         f"training (dcm_keras.data does it); got {got_dtype} images, which Keras "
+                         "would cast without normalising.")
+
+
+def check_label_spec(labels) -> None:
+    """Refuses labels whose static shape or dtype cannot be class indices (trace time)."""
+    if not hasattr(labels, "shape") or not hasattr(labels, "dtype"):
+        return
+    shape = tuple(labels.shape)
+    dtype = keras.backend.standardize_dtype(labels.dtype)
+    if len(shape) > 2 or (len(shape) == 2 and shape[1] not in (1, None)) or len(shape) == 0:
+        raise ValueError(f"DCM labels must be class indices of shape (batch,) or (batch, 1); got "
+                         f"shape {shape} (one-hot labels? pass their argmax).")
+    if "int" not in dtype and "float" not in dtype:
+        raise ValueError(f"DCM labels must be integer class indices; got dtype {dtype}.")
+
+
+class StepCounter(keras.callbacks.Callback):
+    """Counts the epochs `fit` started and the training steps it ran."""
+
+    epochs = steps = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epochs += 1
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps += 1
+
+    def check(self) -> None:
+        if self.epochs and not self.steps:
+            raise ValueError("DCM.fit ran no training step: the training data yielded no batch "
+                             "(an empty dataset, or fewer examples than one batch with "
+                             "drop_remainder=True).")

@@ -1,0 +1,179 @@
+"""Faults: SIGKILL at three points of one short run, and a loss that turns NaN.
+
+One run is killed three times and relaunched with the same command each time:
+
+1. at a random moment after epoch 2 has started (a uniform delay; it may land in training,
+   validation or the epoch-2 checkpoint write);
+2. inside the checkpoint write of the first epoch the relaunch trains, between the new weights
+   file and the metadata that commits it (the `DCM_DEBUG_PAUSE` test hook holds it there): the
+   moment Keras's own BackupAndRestore would leave weights and epoch counter out of step;
+3. while the trained networks are exported (after net1.keras, before results.json).
+
+Every relaunch must resume from the last committed epoch (read from the backup after each kill) and
+the final run must end with the same weights as an uninterrupted run under --deterministic. With
+Keras's BackupAndRestore, kill 2 would make the relaunch train an epoch twice; before the backup
+was restored for export, kill 3 would have exported untrained networks.
+"""
+
+import csv
+import json
+import random
+import time
+
+import numpy as np
+import pytest
+
+from cli_helpers import TINY_TRAIN_FLAGS, Watched, h5_arrays, message_lines
+
+pytestmark = pytest.mark.requires_tensorflow("experiment scripts are tested on TensorFlow")
+
+EPOCHS = 4
+TIMEOUT = 180
+
+
+def _args(folder, model_dir, *extra):
+    # DML keeps tracing cheap (no auxiliary heads) while still distilling between the networks.
+    return ["--method=dml", f"--dataset=image_folder:{folder}", f"--epochs={EPOCHS}",
+            "--deterministic", "--seed=5", f"--model_dir={model_dir}", *TINY_TRAIN_FLAGS, *extra]
+
+
+def _committed(model_dir) -> int:
+    path = model_dir / "backup" / "training_metadata.json"
+    return json.loads(path.read_text())["epoch"] if path.exists() else 0
+
+
+def _check_resumed(process, committed):
+    if committed:
+        assert f"at epoch {committed + 1}/{EPOCHS}" in process.stdout, process.describe()
+    else:
+        assert "Resuming" not in process.stdout, process.describe()
+    trained = [line for line in process.stdout.splitlines() if line.startswith("Epoch ")]
+    if trained:  # the first epoch trained is the one after the last committed epoch
+        assert trained[0].startswith(f"Epoch {committed + 1}/"), process.describe()
+
+
+@pytest.fixture(scope="module")
+def nan_run(tmp_path_factory, small_folder):
+    """A run whose learning rate jumps to 5e6 after epoch 1 (started first, checked later)."""
+    model_dir = tmp_path_factory.mktemp("nan") / "run"
+    process = Watched("train", *_args(small_folder, model_dir, "--epochs=3", "--lr_boundaries=1",
+                                      "--lr_decay=1e8"))
+    yield model_dir, process
+    process.kill()
+
+
+@pytest.fixture
+def launch():
+    """Starts watched scripts and kills whichever is still running when the test ends."""
+    started = []
+
+    def start(*args, **kwargs):
+        started.append(Watched(*args, **kwargs))
+        return started[-1]
+
+    yield start
+    for process in started:
+        process.kill()
+
+
+def test_kills_at_three_points_resume_to_the_uninterrupted_result(small_folder, tmp_path,
+                                                                  nan_run, launch):
+    straight_dir, killed_dir = tmp_path / "straight", tmp_path / "killed"
+    weights = {name: tmp_path / f"weights_{name}" for name in ("straight", "killed")}
+    for folder in weights.values():
+        folder.mkdir()
+    straight = launch("train", *_args(small_folder, straight_dir),
+                      extra_env={"DCM_DEBUG_WEIGHTS_DIR": str(weights["straight"])})
+
+    # Kill 1: a random moment after epoch 2 has started.
+    victim = launch("train", *_args(small_folder, killed_dir))
+    victim.wait_for("Epoch 2/", TIMEOUT)
+    delay = random.uniform(0.0, 0.5)
+    time.sleep(delay)
+    victim.kill()
+    first = _committed(killed_dir)
+    assert 1 <= first < EPOCHS, f"killed {delay:.2f} s into epoch 2 ({first} epochs committed)"
+
+    # Kill 2: inside the checkpoint write of the next epoch, before its commit.
+    victim = launch("train", *_args(small_folder, killed_dir),
+                     extra_env={"DCM_DEBUG_PAUSE": f"checkpoint@{first + 1}:120"})
+    victim.wait_for(f"pause at checkpoint (epoch {first + 1})", TIMEOUT)
+    victim.kill()
+    _check_resumed(victim, first)
+    assert _committed(killed_dir) == first  # the torn checkpoint was not committed
+    # The uncommitted weights of epoch first + 1 are in the folder, and must be ignored.
+    assert (killed_dir / "backup" / f"epoch{first + 1:04d}.weights.h5").exists()
+
+    # Kill 3: during the export, after all epochs are trained.
+    victim = launch("train", *_args(small_folder, killed_dir),
+                     extra_env={"DCM_DEBUG_PAUSE": "export:120"})
+    victim.wait_for("pause at export", TIMEOUT)
+    victim.kill()
+    _check_resumed(victim, first)
+    assert _committed(killed_dir) == EPOCHS
+    assert (killed_dir / "net1.keras").exists() and not (killed_dir / "results.json").exists()
+
+    # The last relaunch only exports, from the backup.
+    victim = launch("train", *_args(small_folder, killed_dir),
+                     extra_env={"DCM_DEBUG_WEIGHTS_DIR": str(weights["killed"])})
+    assert victim.finish(TIMEOUT) == 0, victim.describe()
+    assert f"all {EPOCHS} epochs are trained; exporting from the backup" in victim.stdout
+    assert "Epoch " not in victim.stdout
+    assert straight.finish(TIMEOUT) == 0, straight.describe()
+
+    # Same final weights as the uninterrupted run: the whole DCM (networks and heads, BN
+    # statistics) and the exported networks.
+    a = h5_arrays(weights["straight"] / "chief_0.weights.h5")
+    b = h5_arrays(weights["killed"] / "chief_0.weights.h5")
+    assert a.keys() == b.keys() and len(a) > 20
+    for name in a:
+        np.testing.assert_allclose(a[name], b[name], rtol=0, atol=1e-6, err_msg=name)
+    from dcm_keras import load_network
+
+    for name in ("net1.keras", "net2.keras"):
+        x = load_network(str(straight_dir / name)).get_weights()
+        y = load_network(str(killed_dir / name)).get_weights()
+        for u, v in zip(x, y):
+            np.testing.assert_allclose(u, v, rtol=0, atol=1e-6)
+    results = json.loads((killed_dir / "results.json").read_text())
+    expected = json.loads((straight_dir / "results.json").read_text())
+    assert results["resumed_at_epoch"] == EPOCHS
+    for net in ("net1", "net2"):
+        assert results["networks"][net]["test_error"] == expected["networks"][net]["test_error"]
+    assert [row["epoch"] for row in results["history"]] == list(range(EPOCHS))
+    assert not (killed_dir / "backup").exists()
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(nan_run):
+    model_dir, process = nan_run
+    code = process.finish(TIMEOUT)
+    assert code != 0, process.describe()
+    lines = message_lines(process.stderr)
+    assert len(lines) == 1 and lines[0].startswith("error: the training loss became "), lines
+    message = lines[0]
+    assert "at epoch 2, batch " in message and "diverged" in message and "--lr" in message
+    assert "the backup of epoch 1" in message and "Traceback" not in process.stderr
+
+    # Nothing of the diverged epoch was kept: the backup still commits epoch 1 ...
+    assert _committed(model_dir) == 1
+    meta = json.loads((model_dir / "backup" / "training_metadata.json").read_text())
+    checkpoint = model_dir / "backup" / meta["weights"]
+    arrays = h5_arrays(checkpoint)
+    assert arrays and all(np.isfinite(a).all() for a in arrays.values()
+                          if np.issubdtype(a.dtype, np.floating))
+    with open(model_dir / "history.csv") as f:
+        assert [int(row["epoch"]) for row in csv.DictReader(f)] == [0]
+    assert not (model_dir / "results.json").exists()
+    assert not list(model_dir.glob("net*.keras"))
+
+    # ... and it loads into the run's model (weights and optimizer state).
+    import keras
+
+    from dcm_keras import DCM, networks
+
+    nets = [networks.build("wrn_10_1", 3, (8, 8, 3), aux_heads=False) for _ in range(2)]
+    dcm = DCM(nets, connections="final")
+    dcm.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
+    dcm.optimizer.build(dcm.trainable_variables)
+    dcm.load_weights(str(checkpoint))
+    assert all(np.isfinite(w).all() for w in dcm.get_weights())
