@@ -87,3 +87,43 @@ def test_finished_runs_with_other_settings_are_kept(comparison):
     results = json.loads((work_dir / "tiny" / "wrn_10_1-wrn_10_1" / "baseline_seed0" /
                           "results.json").read_text())
     assert results["flags"]["epochs"] == 1
+
+
+def test_table_reports_train_accuracy_and_margin_against_seed_spread(comparison):
+    _, work_dir, result = comparison
+    out = work_dir / "tiny"
+    summary = json.loads((out / "table.json").read_text())
+    for row in summary["rows"]:
+        for net in ("net1", "net2"):
+            acc = row["train_accuracy"][net]
+            assert acc["n"] == len(SEEDS) and 0 <= acc["mean"] <= 100
+    for run_results in summary["runs"].values():
+        assert set(run_results["train_accuracy"]) == {"net1", "net2"}
+    [versus] = summary["vs_baseline"]
+    assert versus["method"] == "dml" and versus["time_vs_baseline"] > 0
+    for net in ("net1", "net2"):
+        v = versus["networks"][net]
+        assert v["exceeds_spread"] == (abs(v["margin"]) > v["spread"])
+    table = (out / "table.md").read_text()
+    assert "train acc (%)" in table and "- dml vs baseline (wrn_10_1 / wrn_10_1): " in table
+    assert "training time x" in table and "dml vs baseline" in result.stdout
+
+
+def test_verdict_says_within_spread_better_or_worse():
+    from experiments import compare
+
+    def row(method, net1, net2, std):
+        return {"nets": ["a", "b"], "method": method, "time_vs_baseline": 2.0,
+                "test_error": {"net1": {"mean": net1, "std": std, "n": 3},
+                               "net2": {"mean": net2, "std": std, "n": 3}}}
+
+    config = {"rows": [["a", "b"]]}
+    rows = [row("baseline", 10.0, 10.0, 0.3), row("dcm", 9.0, 10.2, 0.5)]
+    [versus] = compare.versus_baseline(config, rows)
+    assert versus["networks"]["net1"] == {"margin": 1.0, "spread": 0.5, "exceeds_spread": True}
+    assert versus["networks"]["net2"]["exceeds_spread"] is False
+    [line] = compare.verdict_lines([versus])
+    assert "net1 error -1.00 points (better than baseline" in line
+    assert "net2 error +0.20 points (within the seed spread" in line and "x2.00" in line
+    rows[1] = row("dcm", 11.0, 11.0, 0.1)
+    assert "WORSE than baseline" in compare.verdict_lines(compare.versus_baseline(config, rows))[0]
