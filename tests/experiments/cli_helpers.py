@@ -127,6 +127,19 @@ def message_lines(stderr: str) -> List[str]:
             if line.strip() and not line.startswith(NOISE_PREFIXES)]
 
 
+def one_line_error(outcome) -> str:
+    """Asserts a `(returncode, stderr lines, ...)` outcome failed with exactly one error line."""
+    code, lines = outcome[0], outcome[1]
+    assert code != 0
+    assert not any("Traceback" in line for line in lines), lines
+    # absl's parser adds a hint after its FATAL line; our own errors are exactly one line.
+    errors = [line for line in lines if line.startswith(("error:", "FATAL Flags parsing error"))]
+    assert len(errors) == 1, lines
+    if errors[0].startswith("error:"):
+        assert lines == errors, lines
+    return errors[0]
+
+
 def describe(result) -> str:
     return f"exit {result.returncode}\nstdout:\n{result.stdout[-3000:]}\nstderr:\n{result.stderr[-3000:]}"
 

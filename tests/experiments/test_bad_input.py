@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cli_helpers import TINY_TRAIN_FLAGS, message_lines, start
+from cli_helpers import TINY_TRAIN_FLAGS, message_lines, one_line_error, start
 
 pytestmark = pytest.mark.requires_tensorflow("experiment scripts are tested on TensorFlow")
 
@@ -105,32 +105,21 @@ def outcomes(tmp_path_factory, small_folder):
     return results, files
 
 
-def _one_line_error(outcome):
-    code, lines, _ = outcome
-    assert code != 0
-    assert not any("Traceback" in line for line in lines), lines
-    errors = [line for line in lines if line.startswith(("error:", "FATAL Flags parsing error"))]
-    assert len(errors) == 1, lines
-    if errors[0].startswith("error:"):
-        assert lines == errors, lines
-    return errors[0]
-
-
 def test_tf_config_that_is_not_json(outcomes):
     results, _ = outcomes
-    message = _one_line_error(results["tf_config_json"])
+    message = one_line_error(results["tf_config_json"])
     assert "$TF_CONFIG is not valid JSON" in message
     assert not results["tf_config_json"][2].exists()  # nothing written
 
 
 def test_tf_config_that_lacks_this_worker(outcomes):
     results, _ = outcomes
-    message = _one_line_error(results["tf_config_worker"])
+    message = one_line_error(results["tf_config_worker"])
     assert "lacks this worker" in message and "task worker 2" in message
     assert "(worker: 2 tasks;" in message
-    message = _one_line_error(results["tf_config_chief"])
+    message = one_line_error(results["tf_config_chief"])
     assert "lacks this worker" in message and "chief 0" in message
-    message = _one_line_error(results["tf_config_empty"])
+    message = one_line_error(results["tf_config_empty"])
     assert "needs $TF_CONFIG" in message
     for case in ("tf_config_worker", "tf_config_chief", "tf_config_empty"):
         assert not results[case][2].exists()
@@ -138,20 +127,20 @@ def test_tf_config_that_lacks_this_worker(outcomes):
 
 def test_image_folder_with_an_empty_class(outcomes):
     results, _ = outcomes
-    message = _one_line_error(results["empty_class"])
+    message = one_line_error(results["empty_class"])
     assert "holds no images" in message and "empty_class/train/b" in message
     assert not results["empty_class"][2].exists()
 
 
 def test_zero_training_examples(outcomes):
     results, _ = outcomes
-    message = _one_line_error(results["zero_examples"])
+    message = one_line_error(results["zero_examples"])
     assert "max_train_examples" in message
 
 
 def test_finished_run_with_other_flags_is_left_untouched(outcomes):
     results, files = outcomes
-    message = _one_line_error(results["finished_other_flags"])
+    message = one_line_error(results["finished_other_flags"])
     assert "different flags" in message and "--overwrite" in message
     folder = results["finished_other_flags"][2]
     assert sorted(p.name for p in folder.iterdir()) == sorted(files)
@@ -167,7 +156,7 @@ def test_finished_run_with_other_flags_is_left_untouched(outcomes):
 ])
 def test_evaluate_refuses_bad_model_files(outcomes, case, words):
     results, _ = outcomes
-    message = _one_line_error(results[case])
+    message = one_line_error(results[case])
     for word in words:
         assert word in message, message
 

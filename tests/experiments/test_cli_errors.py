@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cli_helpers import TINY_TRAIN_FLAGS, message_lines, start
+from cli_helpers import TINY_TRAIN_FLAGS, message_lines, one_line_error, start
 
 # The scripts run with TensorFlow-only parts (tf.distribute, op determinism, tf.data); once
 # per `make test` is enough, so a session under another Keras backend skips them.
@@ -78,67 +78,55 @@ def outcomes(tmp_path_factory, small_folder):
     return results
 
 
-def _one_line_error(outcome):
-    code, lines, _ = outcome
-    assert code != 0
-    assert not any("Traceback" in line for line in lines), lines
-    # absl's parser adds a hint after its FATAL line; our own errors are exactly one line.
-    errors = [line for line in lines if line.startswith(("error:", "FATAL Flags parsing error"))]
-    assert len(errors) == 1, lines
-    if errors[0].startswith("error:"):
-        assert lines == errors, lines
-    return errors[0]
-
-
 def test_unknown_method_lists_the_valid_ones(outcomes):
-    message = _one_line_error(outcomes["method"])
+    message = one_line_error(outcomes["method"])
     assert "--method=foo" in message
     for method in ("baseline", "dsn", "dks", "dml", "dcm", "same_stage", "cross_stage"):
         assert method in message
 
 
 def test_unknown_network_lists_the_valid_ones(outcomes):
-    message = _one_line_error(outcomes["nets"])
+    message = one_line_error(outcomes["nets"])
     assert "'foo'" in message and "wrn_D_K" in message and "mobilenet" in message
     assert not outcomes["nets"][2].exists()  # nothing was written
 
 
 def test_unknown_dataset_lists_the_valid_ones(outcomes):
-    message = _one_line_error(outcomes["dataset_name"])
+    message = one_line_error(outcomes["dataset_name"])
     assert "mnist" in message and "cifar100" in message and "image_folder:PATH" in message
 
 
 def test_bad_connections_and_boundaries(outcomes):
-    message = _one_line_error(outcomes["connections"])
+    message = one_line_error(outcomes["connections"])
     assert "everything" in message and "dense" in message and "same_stage" in message
-    message = _one_line_error(outcomes["boundaries"])
+    message = one_line_error(outcomes["boundaries"])
     assert "increasing" in message
 
 
 def test_missing_data_folder(outcomes):
-    message = _one_line_error(outcomes["missing_folder"])
+    message = one_line_error(outcomes["missing_folder"])
     assert "does_not_exist" in message and "does not exist" in message
     assert not outcomes["missing_folder"][2].exists()
 
 
 def test_missing_data_dir(outcomes):
-    message = _one_line_error(outcomes["missing_data_dir"])
+    message = one_line_error(outcomes["missing_data_dir"])
     assert "no_such_dir does not exist" in message
     assert not outcomes["missing_data_dir"][2].exists()
 
 
 def test_image_folder_without_classes(outcomes):
-    message = _one_line_error(outcomes["no_classes"])
+    message = one_line_error(outcomes["no_classes"])
     assert "no class subfolders" in message
 
 
 def test_corrupt_image_is_named(outcomes):
-    message = _one_line_error(outcomes["corrupt_image"])
+    message = one_line_error(outcomes["corrupt_image"])
     assert "broken.png" in message
 
 
 def test_model_dir_of_another_run_is_refused(outcomes):
-    message = _one_line_error(outcomes["other_flags"])
+    message = one_line_error(outcomes["other_flags"])
     assert "different flags" in message and "--overwrite" in message
     assert "epochs: 7 -> 1" in message and "method: 'dml' -> 'dcm'" in message
     model_dir = outcomes["other_flags"][2]
@@ -147,15 +135,15 @@ def test_model_dir_of_another_run_is_refused(outcomes):
 
 
 def test_distillation_method_needs_two_networks(outcomes):
-    message = _one_line_error(outcomes["dml_one_net"])
+    message = one_line_error(outcomes["dml_one_net"])
     assert "at least two --nets" in message
 
 
 def test_evaluate_missing_model(outcomes):
-    message = _one_line_error(outcomes["evaluate_missing_model"])
+    message = one_line_error(outcomes["evaluate_missing_model"])
     assert "nope.keras" in message
 
 
 def test_compare_unknown_method(outcomes):
-    message = _one_line_error(outcomes["compare_method"])
+    message = one_line_error(outcomes["compare_method"])
     assert "foo" in message and "baseline" in message
