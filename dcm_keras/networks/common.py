@@ -22,6 +22,74 @@ BN_EPSILON = 1e-5
 DEFAULT_WEIGHT_DECAY = 5e-4
 
 
+# cuDNN refuses batch-norm epsilons below this; TensorFlow's own fused_batch_norm clamps to it.
+_CUDNN_MIN_EPSILON = 1.001e-5
+
+
+@keras.saving.register_keras_serializable(package="dcm_keras")
+class BatchNormalization(keras.layers.BatchNormalization):
+    """`keras.layers.BatchNormalization`, computed by TensorFlow's fused batch-norm kernel.
+
+    The same layer (same arguments, weights and config) and the same maths: training normalises
+    with the biased batch variance and updates the moving averages with the batch mean and the
+    *biased* batch variance, inference uses the moving statistics. Keras 3 builds BN on the
+    TensorFlow backend from separate ops (moments, then a multiply-add, all in float32 even under
+    mixed precision) and differentiates each of them; `FusedBatchNormV3` does the forward pass in
+    one kernel and the backward pass in one more, reads bfloat16/float16 activations directly
+    (statistics still in float32) and lets oneDNN fuse the following ReLU. The kernel's batch
+    variance has Bessel's correction, which is undone before the moving-average update.
+
+    Falls back to Keras's own computation on other backends and wherever the fused kernel does
+    not apply: masks, synchronised or renormalised BN, no scale or center, inputs that are not
+    4-D channels-last float32/bfloat16/float16, and a GPU with epsilon below cuDNN's minimum.
+    """
+
+    def _fusable(self, inputs, mask) -> bool:
+        if (keras.backend.backend() != "tensorflow" or mask is not None or self.synchronized
+                or self.renorm or not (self.scale and self.center)):
+            return False
+        if len(inputs.shape) != 4 or self.axis not in (-1, 3):
+            return False
+        if keras.backend.standardize_dtype(inputs.dtype) not in ("float32", "bfloat16", "float16"):
+            return False
+        if any(keras.backend.standardize_dtype(v.dtype) != "float32" for v in
+               (self.gamma, self.beta, self.moving_mean, self.moving_variance)):
+            return False
+        if self.epsilon < _CUDNN_MIN_EPSILON:
+            import tensorflow as tf
+
+            return not tf.config.list_logical_devices("GPU")
+        return True
+
+    def call(self, inputs, training=None, mask=None):
+        if not self._fusable(inputs, mask):
+            return super().call(inputs, training=training, mask=mask)
+        import tensorflow as tf
+
+        scale = tf.convert_to_tensor(self.gamma)
+        offset = tf.convert_to_tensor(self.beta)
+        if training and self.trainable:
+            outputs, mean, variance, _, _, _ = tf.raw_ops.FusedBatchNormV3(
+                x=inputs, scale=scale, offset=offset, mean=tf.constant([], tf.float32),
+                variance=tf.constant([], tf.float32), epsilon=self.epsilon,
+                exponential_avg_factor=1.0, data_format="NHWC", is_training=True)
+            count = tf.cast(tf.size(inputs) // tf.shape(inputs)[-1], tf.float32)
+            variance = tf.where(count > 1.0, variance * ((count - 1.0) / count), 0.0)
+            momentum = self.momentum
+            self.moving_mean.assign(
+                tf.convert_to_tensor(self.moving_mean) * momentum + mean * (1.0 - momentum))
+            self.moving_variance.assign(
+                tf.convert_to_tensor(self.moving_variance) * momentum
+                + variance * (1.0 - momentum))
+        else:
+            outputs, _, _, _, _, _ = tf.raw_ops.FusedBatchNormV3(
+                x=inputs, scale=scale, offset=offset,
+                mean=tf.convert_to_tensor(self.moving_mean),
+                variance=tf.convert_to_tensor(self.moving_variance), epsilon=self.epsilon,
+                exponential_avg_factor=1.0, data_format="NHWC", is_training=False)
+        return tf.cast(outputs, self.compute_dtype)
+
+
 def l2_regularizer(weight_decay: float) -> Optional[keras.regularizers.Regularizer]:
     """Returns the L2 regularizer whose gradient is `weight_decay * w` (None when 0)."""
     if weight_decay < 0:
@@ -67,7 +135,7 @@ class Layers:
             depthwise_regularizer=self._reg, name=name, dtype=self.dtype)
 
     def bn(self, name: str = None) -> keras.layers.BatchNormalization:
-        return keras.layers.BatchNormalization(
+        return BatchNormalization(
             momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
             synchronized=self.synchronized_bn and keras.backend.backend() == "tensorflow",
             beta_regularizer=self._reg, gamma_regularizer=self._reg, name=name, dtype=self.dtype)
