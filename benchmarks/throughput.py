@@ -91,6 +91,11 @@ flags.DEFINE_list("configs", CONFIGS, f"Subset of {', '.join(CONFIGS)}.")
 flags.DEFINE_bool("interleave", True,
                   "Keep the workers of a (precision, XLA) group alive together and take their "
                   "windows in turn (fairer under drifting load); else one after the other.")
+flags.DEFINE_enum("bn", "fused", ["fused", "keras", "both"],
+                  "BatchNormalization of the networks: fused (the library's, "
+                  "dcm_keras.networks.common.BatchNormalization), keras (Keras's own composite "
+                  "layer, the state before the fused one) or both, every configuration with each "
+                  "in the same rounds, for a before/after comparison.")
 flags.DEFINE_integer("inter_op_threads", 0, "TensorFlow inter-op threads (0: TF's default).",
                      lower_bound=0)
 flags.DEFINE_integer("intra_op_threads", 0, "TensorFlow intra-op threads (0: TF's default).",
@@ -322,7 +327,6 @@ def _accuracy_worker(spec) -> None:
     """A short real-data DCM run (same seed, data order and initial weights in every precision):
     test accuracy of each network's final head, to show mixed precision does not change it."""
     import keras
-    import numpy as np
 
     from dcm_keras import DCM, data as data_lib, networks
 
@@ -364,6 +368,10 @@ def _model_worker(spec) -> None:
     keras.mixed_precision.set_global_policy(spec["precision"])
     keras.utils.set_random_seed(0)
     config = spec["config"]
+    if spec.get("bn") == "keras":  # before/after comparisons: Keras's own BN layer
+        from dcm_keras.networks import common
+
+        common.BatchNormalization = keras.layers.BatchNormalization
     shape = (spec["image_size"], spec["image_size"], 3)
     x, y = _batch(spec)
     timer = _Timer()
@@ -629,17 +637,18 @@ class Benchmark:
                 self.peaks[dtype] = max(self.peaks.get(dtype, 0.0), value)
         self.log(f"matmul peak GFLOP/s: { {k: round(v) for k, v in self.peaks.items()} }")
 
-    def start_worker(self, config: str, precision: str, xla: bool, **extra) -> Worker:
-        label = f"{config}-{precision}-{'xla' if xla else 'noxla'}"
+    def start_worker(self, config: str, precision: str, xla: bool, bn: str = "fused",
+                     **extra) -> Worker:
+        label = f"{config}-{precision}-{'xla' if xla else 'noxla'}-{bn}bn"
         self.log(f"starting {label}")
         worker = Worker(self._spec(kind="model", config=config, precision=precision, xla=xla,
-                                   **extra), self.log_dir, label)
+                                   bn=bn, **extra), self.log_dir, label)
         try:
             worker.ready = worker.read()
         except Exception:
             worker.kill()
             raise
-        worker.config, worker.precision, worker.xla = config, precision, xla
+        worker.config, worker.precision, worker.xla, worker.bn = config, precision, xla, bn
         worker.windows = []
         return worker
 
@@ -650,8 +659,10 @@ class Benchmark:
         peak = self.peaks.get(peak_dtype(worker.precision))
         row = {
             "config": worker.config,
-            "what": TRAIN_CONFIGS[worker.config][3] if worker.config in TRAIN_CONFIGS
-            else "exported network, predict",
+            "what": (TRAIN_CONFIGS[worker.config][3] if worker.config in TRAIN_CONFIGS
+                     else "exported network, predict")
+            + (" [Keras BN]" if worker.bn == "keras" else ""),
+            "bn": worker.bn,
             "precision": worker.precision, "xla": worker.xla,
             "images_per_s": median, "images_per_s_min": min(rates), "images_per_s_max": max(rates),
             "images_per_s_mean": sum(w["steps"] for w in worker.windows) * FLAGS.batch_size
@@ -675,21 +686,23 @@ class Benchmark:
     # --- phases ------------------------------------------------------------------------------
     def run_group(self, configs: List[str], precision: str, xla: bool) -> List[dict]:
         workers: List[Worker] = []
+        variants = ["fused", "keras"] if FLAGS.bn == "both" else [FLAGS.bn]
+        runs = [(config, bn) for config in configs for bn in variants]
         try:
             if FLAGS.interleave:
-                for config in configs:
-                    workers.append(self.start_worker(config, precision, xla))
+                for config, bn in runs:
+                    workers.append(self.start_worker(config, precision, xla, bn))
                 for window in range(FLAGS.windows):
                     for worker in workers:
                         worker.windows.append(worker.request(cmd="window"))
                     self.log(f"{precision} xla={xla} window {window + 1}/{FLAGS.windows}: " +
-                             ", ".join(f"{w.config} {w.windows[-1]['images_per_s']:.1f}"
+                             ", ".join(f"{w.config}/{w.bn} {w.windows[-1]['images_per_s']:.1f}"
                                        for w in workers))
                 for worker in workers:
                     worker.done = worker.close()
             else:
-                for config in configs:
-                    worker = self.start_worker(config, precision, xla)
+                for config, bn in runs:
+                    worker = self.start_worker(config, precision, xla, bn)
                     workers.append(worker)
                     for _ in range(FLAGS.windows):
                         worker.windows.append(worker.request(cmd="window"))
@@ -699,13 +712,11 @@ class Benchmark:
                 worker.kill()
         rows = [self._row(w) for w in workers]
         self.rows.extend(rows)
-        by_config = {w.config: w for w in workers}
+        by_config = {w.config: (w, r) for w, r in zip(workers, rows) if w.bn == variants[0]}
         if "dcm" in by_config and "ce_pair" in by_config:
-            dcm, ce = by_config["dcm"], by_config["ce_pair"]
+            (dcm, dcm_row), (ce, ce_row) = by_config["dcm"], by_config["ce_pair"]
             paired = [d["seconds"] / d["steps"] / (c["seconds"] / c["steps"]) - 1
                       for d, c in zip(dcm.windows, ce.windows)]
-            dcm_row = next(r for r in rows if r["config"] == "dcm")
-            ce_row = next(r for r in rows if r["config"] == "ce_pair")
             self.distillation.append({
                 "precision": precision, "xla": xla,
                 "dcm_vs_ce_step_time": _median(paired), "paired_windows": paired,
@@ -774,6 +785,7 @@ class Benchmark:
             # Like the peer's process, ours then runs nothing but the training step.
             for precision in precisions:
                 ours.append(self.start_worker("dcm", precision, xla_choice[precision],
+                                              "keras" if FLAGS.bn == "keras" else "fused",
                                               loss_cost=False))
 
             def peer_run():
@@ -849,6 +861,25 @@ class Benchmark:
                 f"{r['images_per_s_max']:.0f} | {r['step_ms']:.0f} | {r['images_per_cpu_s']:.1f} "
                 f"| {r['gflop_per_image']:.2f} "
                 f"| {_fmt(r['mfu'] and 100 * r['mfu'], '.0f', '%')} | {memory} |")
+        keras_rows = {(r["config"], r["precision"], r["xla"]): r for r in self.rows
+                      if r.get("bn") == "keras"}
+        pairs = [(r, keras_rows[(r["config"], r["precision"], r["xla"])]) for r in self.rows
+                 if r.get("bn") == "fused" and (r["config"], r["precision"], r["xla"]) in keras_rows]
+        if pairs:
+            lines += ["", "Fused BatchNormalization (the library's) against Keras's own BN layer, "
+                          "same rounds:", "",
+                      "| config | precision | XLA | images/s fused / Keras | median of paired "
+                      "windows | images/CPU-s fused / Keras | peak RSS MiB fused / Keras |",
+                      "|---|---|---|---:|---:|---:|---:|"]
+            for fused, plain in pairs:
+                paired = _median([f / k for f, k in zip(fused["windows"], plain["windows"])])
+                lines.append(
+                    f"| {fused['config']} | {fused['precision']} | {'on' if fused['xla'] else 'off'} "
+                    f"| {fused['images_per_s']:.1f} / {plain['images_per_s']:.1f} "
+                    f"({fused['images_per_s'] / plain['images_per_s']:.2f}x) | {paired:.2f}x "
+                    f"| {fused['images_per_cpu_s']:.1f} / {plain['images_per_cpu_s']:.1f} "
+                    f"({fused['images_per_cpu_s'] / plain['images_per_cpu_s']:.2f}x) "
+                    f"| {_fmt(fused['rss_mb'], '.0f')} / {_fmt(plain['rss_mb'], '.0f')} |")
         if self.distillation:
             lines += ["", "Cost of the distillation machinery (DCM pair vs the same pair with heads "
                           "trained with cross-entropy only):", "",
@@ -971,7 +1002,7 @@ class Benchmark:
         return {"date": self.date, "machine": self.machine, "peak_gflops": self.peaks,
                 "flags": {name: FLAGS[name].value for name in (
                     "net", "num_classes", "batch_size", "image_size", "precisions", "xla",
-                    "windows", "steps_per_window", "warmup", "configs", "interleave",
+                    "windows", "steps_per_window", "warmup", "configs", "interleave", "bn",
                     "inter_op_threads", "intra_op_threads", "peer", "peer_steps", "peer_rounds",
                     "peer_xla", "accuracy", "accuracy_dataset", "accuracy_examples",
                     "accuracy_epochs", "accuracy_lr")},
