@@ -10,6 +10,11 @@ interrupted comparison picks up where it stopped: finished runs are reused, kill
 A finished run is never overwritten; one that was made with other settings stops the comparison.
 The table (`table.md`, `table.json`) and the plot (`comparison.png`) land in `<work_dir>/<preset>/`.
 
+`--jobs=N` trains up to N runs at the same time (many small runs on one GPU or many cores); the
+table does not depend on N, but the epoch times are then contended. `--no_train` trains nothing
+and tabulates the runs already finished in `--work_dir` (e.g. run folders copied back from another
+machine), listing the others as missing.
+
 A config file is a JSON object like the presets below: `{"name": ..., "rows": [["wrn_16_2",
 "wrn_16_2"]], "methods": [...], "seeds": [...], "train_flags": {"dataset": ..., ...}}`.
 """
@@ -21,8 +26,10 @@ import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
-from typing import Dict, List, Optional, Sequence
+from concurrent import futures
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from absl import app, flags
 
@@ -64,6 +71,11 @@ flags.DEFINE_list("seeds", None, "Override the seeds, e.g. 0,1,2.")
 flags.DEFINE_integer("epochs", None, "Override the epochs of every run.", lower_bound=1)
 flags.DEFINE_integer("max_train_examples", None, "Override the training subset size.",
                      lower_bound=1)
+flags.DEFINE_integer("jobs", 1, "How many training runs to run at the same time (each is its own "
+                     "process). The table does not depend on it, but the epoch times (and so the "
+                     "time multiple) are then measured on a shared machine.", lower_bound=1)
+flags.DEFINE_bool("no_train", False, "Train nothing: tabulate only the runs already finished in "
+                  "--work_dir and list the others as missing.")
 FLAGS = flags.FLAGS
 
 
@@ -140,8 +152,19 @@ def run_dir(work_dir: str, name: str, nets: Sequence[str], method: str, seed: in
     return os.path.join(work_dir, name, "-".join(nets), f"{method}_seed{seed}")
 
 
-def run_one(directory: str, train_flags: Dict[str, object]) -> Optional[dict]:
-    """Runs (or resumes) one training subprocess; returns its results, or None if it failed."""
+# The training subprocesses alive now, so that an interrupted comparison can stop those started
+# by its worker threads (a Ctrl-C reaches only the main thread), and a flag that it is stopping.
+_live: set = set()
+_live_lock = threading.Lock()
+_stopping = threading.Event()
+
+
+def run_one(directory: str, train_flags: Dict[str, object], shared: bool = False
+            ) -> Optional[dict]:
+    """Runs (or resumes) one training subprocess; returns its results, or None if it failed.
+
+    `shared`: other runs may be training at the same time (`--jobs` > 1).
+    """
     os.makedirs(directory, exist_ok=True)
     common.check_no_symlinks(directory, "train.log")
     argv = [sys.executable, "-m", "experiments.train", f"--model_dir={directory}"]
@@ -150,10 +173,27 @@ def run_one(directory: str, train_flags: Dict[str, object]) -> Optional[dict]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [repo_root, env.get("PYTHONPATH")]))
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if shared:
+        # TensorFlow otherwise reserves nearly all GPU memory for the first run, and the runs
+        # started beside it fail to allocate theirs.
+        env.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
     with open(os.path.join(directory, "train.log"), "a") as log:
         log.write(f"$ {' '.join(argv)}\n")
         log.flush()
-        code = subprocess.call(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+        with _live_lock:
+            if _stopping.is_set():  # the comparison is being interrupted: start nothing new
+                return None
+            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+            _live.add(proc)
+        try:
+            code = proc.wait()
+        except BaseException:  # Ctrl-C in this thread: stop the run; it resumes next time
+            proc.kill()
+            proc.wait()
+            raise
+        finally:
+            with _live_lock:
+                _live.discard(proc)
     if code != 0:
         return None
     return common.completed_results(directory)
@@ -275,8 +315,11 @@ def summarize(config: dict, results: Dict[tuple, dict]) -> List[dict]:
     return rows
 
 
-def markdown_table(config: dict, rows: List[dict]) -> str:
-    """The summary as a markdown table (error in %, mean +/- sample std over seeds)."""
+def markdown_table(config: dict, rows: List[dict], notes: Sequence[str] = ()) -> str:
+    """The summary as a markdown table (error in %, mean +/- sample std over seeds).
+
+    `notes`: sentences appended to the footnote (how the times were measured, missing runs).
+    """
     width = max(len(nets) for nets in config["rows"])
     head = ["networks", "method"] + [f"net{k + 1} error (%)" for k in range(width)]
     head += ["train acc (%)", "train s/epoch", "time x baseline", "runs"]
@@ -296,7 +339,8 @@ def markdown_table(config: dict, rows: List[dict]) -> str:
                   f"{', '.join(map(str, config['seeds']))}; train acc = final-epoch training accuracy "
                   f"(augmented batches), mean over networks and seeds; time = median training "
                   f"time of an epoch (the first, which also traces the graphs, left out when "
-                  f"there are more) relative to baseline. Settings: {flags_text}."]
+                  f"there are more) relative to baseline. Settings: {flags_text}."
+                  + "".join(f" {note}" for note in notes)]
     verdicts = verdict_lines(versus_baseline(config, rows))
     if verdicts:
         lines += ["", "Margin over baseline (negative = lower error) against the seed spread "
@@ -341,10 +385,68 @@ def plot(config: dict, rows: List[dict], path: str) -> None:
     plt.close(fig)
 
 
-def compare(config: dict, work_dir: str) -> int:
+Key = Tuple[Tuple[str, ...], str, int]  # (networks, method, seed): one run of a comparison
+
+
+def _test_error_line(label: str, done: dict) -> str:
+    errors = ", ".join(f"{k} {v['test_error']['logits']:.2f}%" for k, v in done["networks"].items())
+    return f"{label}: test error {errors}"
+
+
+def train_all(runs: Sequence[Tuple[Key, str, Dict[str, object], str]], jobs: int
+              ) -> Dict[Key, Optional[dict]]:
+    """Trains `(key, directory, train_flags, label)` runs, up to `jobs` at a time.
+
+    Returns each run's results (None if it failed) by key. Progress lines are printed as runs
+    start and finish, so with `jobs` > 1 they interleave.
+    """
+    lock = threading.Lock()
+    shared = min(jobs, len(runs)) > 1
+
+    def say(*lines: str) -> None:
+        with lock:  # a run's lines stay together, whole lines only
+            for line in lines:
+                print(line, flush=True)
+
+    def train(directory: str, train_flags: Dict[str, object], label: str) -> Optional[dict]:
+        say(f"{label}: training in {directory} ...")
+        run_start = time.perf_counter()
+        done = run_one(directory, train_flags, shared=shared)
+        if _stopping.is_set():
+            return None  # killed by the interruption; its FAILED line would only be noise
+        if done is None:
+            say(f"{label}: FAILED ({_last_error_line(directory)}); log in "
+                f"{os.path.join(directory, 'train.log')}")
+        else:
+            say(f"{label}: done in {time.perf_counter() - run_start:.0f}s",
+                _test_error_line(label, done))
+        return done
+
+    _stopping.clear()
+    pool = futures.ThreadPoolExecutor(max_workers=jobs)
+    try:
+        pending = {key: pool.submit(train, directory, train_flags, label)
+                   for key, directory, train_flags, label in runs}
+        return {key: future.result() for key, future in pending.items()}
+    except BaseException:
+        # Ctrl-C, or a run that could not start: as with a single run, the queued runs are not
+        # started and the running ones are stopped (they resume from their last epoch next time).
+        _stopping.set()
+        pool.shutdown(wait=False, cancel_futures=True)
+        with _live_lock:
+            for proc in _live:
+                proc.kill()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def compare(config: dict, work_dir: str, jobs: int = 1, no_train: bool = False) -> int:
     """Runs every (networks, method, seed) of `config` and writes the table and plot.
 
-    Returns the number of runs that failed.
+    Finished runs are reused; the others are trained, up to `jobs` at a time, or with `no_train`
+    only listed as missing (an error if no run at all has finished). Returns the number of runs
+    that failed.
     """
     out_dir = os.path.join(work_dir, config["name"])
     # Every folder and file the comparison writes below --work_dir, checked before any is.
@@ -352,46 +454,72 @@ def compare(config: dict, work_dir: str) -> int:
         os.path.relpath(run_dir(work_dir, config["name"], nets, method, seed), work_dir)
         for nets in config["rows"] for method in config["methods"] for seed in config["seeds"]])
     common.check_no_symlinks(out_dir, "table.md", "table.json", "comparison.png")
-    os.makedirs(out_dir, exist_ok=True)
-    jobs = [(tuple(nets), method, seed) for nets in config["rows"]
-            for method in config["methods"] for seed in config["seeds"]]
-    results, failed = {}, []
+    keys: List[Key] = [(tuple(nets), method, seed) for nets in config["rows"]
+                       for method in config["methods"] for seed in config["seeds"]]
+    results: Dict[Key, dict] = {}
+    missing, to_train = [], []
     start = time.perf_counter()
-    for i, (nets, method, seed) in enumerate(jobs, 1):
+    # Every finished run is checked before anything trains, so one made with other settings stops
+    # the comparison before it has spent any time, and reused runs never wait for a job slot.
+    for i, key in enumerate(keys, 1):
+        nets, method, seed = key
         directory = run_dir(work_dir, config["name"], nets, method, seed)
         train_flags = {"method": method, "nets": list(nets), "seed": seed,
                        **config["train_flags"]}
-        label = f"[{i}/{len(jobs)}] {'/'.join(nets)} {method} seed {seed}"
+        label = f"[{i}/{len(keys)}] {'/'.join(nets)} {method} seed {seed}"
         done = common.completed_results(directory)
-        if done is not None:
-            diffs = [k for k, v in train_flags.items()
-                     if not _same_value(done["flags"].get(k), v)]
-            if diffs:
-                raise ValueError(f"{directory} holds a finished run with other settings "
-                                 f"({', '.join(diffs)}); it is kept: use another --work_dir.")
-            print(f"{label}: reusing the finished run in {directory} (skipped)", flush=True)
-        else:
-            print(f"{label}: training in {directory} ...", flush=True)
-            run_start = time.perf_counter()
-            done = run_one(directory, train_flags)
-            if done is None:
-                failed.append(directory)
-                print(f"{label}: FAILED ({_last_error_line(directory)}); log in "
-                      f"{os.path.join(directory, 'train.log')}", flush=True)
-                continue
-            print(f"{label}: done in {time.perf_counter() - run_start:.0f}s", flush=True)
-        errors = ", ".join(f"{k} {v['test_error']['logits']:.2f}%"
-                           for k, v in done["networks"].items())
-        print(f"{label}: test error {errors}", flush=True)
-        results[nets, method, seed] = done
+        if done is None:
+            if no_train:
+                missing.append(directory)
+                print(f"{label}: not finished in {directory} (missing, --no_train)", flush=True)
+            else:
+                to_train.append((key, directory, train_flags, label))
+            continue
+        diffs = [k for k, v in train_flags.items() if not _same_value(done["flags"].get(k), v)]
+        if diffs:
+            raise ValueError(f"{directory} holds a finished run with other settings "
+                             f"({', '.join(diffs)}); it is kept: use another --work_dir.")
+        print(f"{label}: reusing the finished run in {directory} (skipped)", flush=True)
+        print(_test_error_line(label, done), flush=True)
+        results[key] = done
+    if no_train and not results:
+        raise ValueError(f"--no_train: none of the {len(keys)} runs of comparison "
+                         f"{config['name']!r} has finished in {out_dir}; nothing to tabulate.")
 
+    os.makedirs(out_dir, exist_ok=True)
+    failed = []
+    trained = train_all(to_train, jobs)
+    for key, directory, _, _ in to_train:
+        done = trained[key]
+        if done is None:
+            failed.append(directory)
+        else:
+            results[key] = done
+    # In the config's order, whichever finished first: the rows, the JSON and even the last
+    # digit of every mean are then the same for any --jobs.
+    results = {key: results[key] for key in keys if key in results}
+
+    notes = []
+    if no_train:
+        notes.append("Tabulated with --no_train from the runs already finished in the work dir: "
+                     "their times compare only if they ran on the same machine and load.")
+    elif min(jobs, len(to_train)) > 1:
+        notes.append(f"With --jobs={jobs}, up to {min(jobs, len(to_train))} runs trained at the "
+                     "same time on this machine, so their epoch times (and the time x baseline "
+                     "column) are contended and only roughly comparable.")
+    if missing:
+        notes.append(f"{len(missing)} of the {len(keys)} runs had not finished and are left out "
+                     "(missing_runs in table.json).")
     rows = summarize(config, results)
-    table = markdown_table(config, rows)
+    table = markdown_table(config, rows, notes)
     with open(os.path.join(out_dir, "table.md"), "w") as f:
         f.write(table)
     common.write_json(os.path.join(out_dir, "table.json"), {
         "config": config, "rows": rows, "vs_baseline": versus_baseline(config, rows),
-        "failed_runs": failed,
+        "failed_runs": failed, "missing_runs": missing,
+        # How many runs could train at once here (their times are contended if > 1); None when
+        # nothing was trained (--no_train).
+        "jobs": None if no_train else jobs,
         "runs": {run_dir(work_dir, config["name"], *key): {
             **r["networks"], "train_accuracy": {
                 net: final_train_accuracy(r, net) for net in r["networks"]},
@@ -414,7 +542,7 @@ def main(argv: List[str]) -> None:
     try:
         config = load_config(FLAGS.preset, FLAGS.config, FLAGS.methods, FLAGS.seeds,
                              FLAGS.epochs, FLAGS.max_train_examples)
-        failures = compare(config, FLAGS.work_dir)
+        failures = compare(config, FLAGS.work_dir, jobs=FLAGS.jobs, no_train=FLAGS.no_train)
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {common.one_line(e)}")
     if failures:

@@ -1,0 +1,192 @@
+"""`experiments.compare --jobs=N` (runs trained side by side) and `--no_train` (tabulate only).
+
+One real comparison, 2 methods x 1 seed with `--jobs=2`, is tabulated again with `--no_train`
+(in its own and in partly copied work dirs); an in-process test with a fake `run_one` makes the
+runs finish out of order, which two real runs may or may not do.
+"""
+
+import json
+import re
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from cli_helpers import describe, message_lines, one_line_error, run
+
+# The scripts run with TensorFlow-only parts (see test_compare_cli.py).
+tensorflow_only = pytest.mark.requires_tensorflow("experiment scripts are tested on TensorFlow")
+
+METHODS = ("baseline", "dml")
+PAIR = "wrn_10_1-wrn_10_1"
+
+
+def tiny_config(small_folder: str) -> dict:
+    return {"name": "tiny", "rows": [["wrn_10_1", "wrn_10_1"]], "methods": list(METHODS),
+            "seeds": [0],
+            "train_flags": {"dataset": f"image_folder:{small_folder}", "image_size": 8,
+                            "epochs": 1, "batch_size": 8, "lr": 0.05, "lr_boundaries": []}}
+
+
+@pytest.fixture(scope="module")
+def parallel(tmp_path_factory, small_folder):
+    """Config path, work dir, output and table files of the comparison run with --jobs=2."""
+    root = tmp_path_factory.mktemp("compare_jobs")
+    config_path = root / "tiny.json"
+    config_path.write_text(json.dumps(tiny_config(small_folder)))
+    work_dir = root / "work"
+    result = run("compare", f"--config={config_path}", f"--work_dir={work_dir}", "--jobs=2",
+                 timeout=400)
+    assert result.returncode == 0, describe(result)
+    out = work_dir / "tiny"
+    return config_path, work_dir, result, (out / "table.md").read_text(), \
+        json.loads((out / "table.json").read_text())
+
+
+def table_lines(table: str):
+    """The table's rows and margin lines (the footnote says how the runs were made)."""
+    return [line for line in table.splitlines() if line.startswith(("|", "- "))]
+
+
+def without_timings(summary: dict) -> dict:
+    summary = json.loads(json.dumps(summary))
+    for key in ("compare_wall_time_s", "jobs"):
+        summary.pop(key)
+    return summary
+
+
+@tensorflow_only
+def test_jobs_trains_every_run_and_says_times_are_contended(parallel):
+    _, _, result, table, summary = parallel
+    assert result.stdout.count("training in") == len(METHODS)
+    for i in (1, 2):
+        assert re.search(rf"^\[{i}/2\] wrn_10_1/wrn_10_1 \w+ seed 0: done in \d+s$",
+                         result.stdout, re.M), result.stdout
+    assert summary["jobs"] == 2 and summary["failed_runs"] == [] == summary["missing_runs"]
+    assert [row["method"] for row in summary["rows"]] == list(METHODS)
+    assert "With --jobs=2, up to 2 runs trained at the same time" in table
+    assert "only roughly comparable" in table
+
+
+@tensorflow_only
+def test_no_train_tabulates_the_same_table(parallel):
+    config_path, work_dir, _, table, summary = parallel
+    result = run("compare", f"--config={config_path}", f"--work_dir={work_dir}", "--no_train")
+    assert result.returncode == 0, describe(result)
+    assert "training in" not in result.stdout
+    assert result.stdout.count("(skipped)") == len(METHODS)
+    out = work_dir / "tiny"
+    again = json.loads((out / "table.json").read_text())
+    assert again["jobs"] is None and summary["jobs"] == 2
+    assert without_timings(again) == without_timings(summary)
+    new_table = (out / "table.md").read_text()
+    assert table_lines(new_table) == table_lines(table) and len(table_lines(table)) >= 3
+    assert "--jobs" not in new_table and "Tabulated with --no_train" in new_table
+
+
+@tensorflow_only
+def test_no_train_on_an_empty_work_dir_fails_in_one_line(parallel, tmp_path):
+    config_path = parallel[0]
+    work_dir = tmp_path / "empty"
+    result = run("compare", f"--config={config_path}", f"--work_dir={work_dir}", "--no_train",
+                 timeout=60)
+    message = one_line_error((result.returncode, message_lines(result.stderr)))
+    assert "--no_train" in message and "'tiny'" in message
+    assert str(work_dir / "tiny") in message
+    assert not work_dir.exists()  # nothing written, not even the table's folder
+
+
+@tensorflow_only
+def test_no_train_lists_unfinished_runs_as_missing(parallel, tmp_path):
+    config_path, work_dir, _, _, summary = parallel
+    # The baseline copied back finished; the DML run was copied mid-training.
+    copy = tmp_path / "copied"
+    shutil.copytree(work_dir / "tiny" / PAIR, copy / "tiny" / PAIR)
+    results_path = copy / "tiny" / PAIR / "dml_seed0" / "results.json"
+    results = json.loads(results_path.read_text())
+    results["complete"] = False
+    results_path.write_text(json.dumps(results))
+
+    result = run("compare", f"--config={config_path}", f"--work_dir={copy}", "--no_train",
+                 timeout=60)
+    assert result.returncode == 0, describe(result)
+    dml_dir = str(copy / "tiny" / PAIR / "dml_seed0")
+    assert f"not finished in {dml_dir} (missing" in result.stdout
+    assert "FAILED" not in result.stdout and "training in" not in result.stdout
+    partial = json.loads((copy / "tiny" / "table.json").read_text())
+    assert partial["missing_runs"] == [dml_dir] and partial["failed_runs"] == []
+    assert [row["method"] for row in partial["rows"]] == ["baseline"]
+    assert partial["rows"][0]["test_error"] == summary["rows"][0]["test_error"]
+    assert "1 of the 2 runs had not finished" in (copy / "tiny" / "table.md").read_text()
+
+    # The flags a finished run recorded are still checked against the config.
+    result = run("compare", f"--config={config_path}", f"--work_dir={copy}", "--no_train",
+                 "--epochs=2", timeout=60)
+    message = one_line_error((result.returncode, message_lines(result.stderr)))
+    assert "other settings (epochs)" in message
+
+
+def fake_results(train_flags: dict) -> dict:
+    """A finished run's results.json, its errors a function of method and seed."""
+    error = {"baseline": 20.0, "dml": 15.0, "dcm": 10.0}[train_flags["method"]]
+    error += train_flags["seed"] / 3
+    return {"complete": True, "flags": dict(train_flags), "method": train_flags["method"],
+            "networks": {net: {"test_error": {"logits": error + k}}
+                         for k, net in enumerate(("net1", "net2"))},
+            "epoch_train_seconds_median": 1.0 + error / 7, "wall_time_s": 3.0, "history": []}
+
+
+def test_results_do_not_depend_on_jobs_or_finishing_order(tmp_path, monkeypatch, capsys):
+    from experiments import common, compare
+
+    config = {"name": "fake", "rows": [["wrn_10_1", "wrn_10_1"]],
+              "methods": ["baseline", "dml", "dcm"], "seeds": [0, 1], "train_flags": {}}
+    order = [(m, s) for m in config["methods"] for s in config["seeds"]]
+    reused, failing = ("dml", 0), ("dcm", 1)
+    lock = threading.Lock()
+
+    def fake_run_one(directory, train_flags, shared=False):
+        with lock:
+            calls.append((train_flags["method"], train_flags["seed"], shared))
+        # Later runs finish first.
+        time.sleep(0.1 * (len(order) - order.index((train_flags["method"],
+                                                     train_flags["seed"]))))
+        if (train_flags["method"], train_flags["seed"]) == failing:
+            return None
+        return fake_results(train_flags)
+
+    monkeypatch.setattr(compare, "run_one", fake_run_one)
+    summaries, outputs = {}, {}
+    for jobs in (1, 3):
+        work_dir = tmp_path / f"jobs{jobs}"
+        directory = compare.run_dir(str(work_dir), "fake", ["wrn_10_1", "wrn_10_1"], *reused)
+        Path(directory).mkdir(parents=True)
+        common.write_json(f"{directory}/{common.RESULTS_FILE}", fake_results(
+            {"method": reused[0], "nets": ["wrn_10_1", "wrn_10_1"], "seed": reused[1]}))
+        calls = []
+        failures = compare.compare(config, str(work_dir), jobs=jobs)
+        outputs[jobs] = capsys.readouterr().out
+        assert failures == 1
+        # The reused run took no job slot and started nothing; the others were all started.
+        assert sorted(c[:2] for c in calls) == sorted(set(order) - {reused})
+        assert {c[2] for c in calls} == {jobs > 1}
+        text = (work_dir / "fake" / "table.json").read_text().replace(str(work_dir), "W")
+        summaries[jobs] = json.loads(text)
+        assert summaries[jobs]["jobs"] == jobs
+        assert summaries[jobs]["failed_runs"] == ["W/fake/wrn_10_1-wrn_10_1/dcm_seed1"]
+    assert without_timings(summaries[1]) == without_timings(summaries[3])
+    assert list(summaries[3]["runs"]) == [
+        f"W/fake/wrn_10_1-wrn_10_1/{m}_seed{s}" for m, s in order if (m, s) != failing]
+    # With 3 at a time, the last of the first three started (run 4: run 3 is reused) finished
+    # first; one at a time, they finish in order.
+    finished = re.findall(r"^\[(\d)/6\] .*: done in", outputs[3], re.M)
+    assert finished[0] == "4" and sorted(finished) == ["1", "2", "4", "5"]
+    assert re.findall(r"^\[(\d)/6\] .*: done in", outputs[1], re.M) == ["1", "2", "4", "5"]
+    # Every progress line is whole (printed under one lock), none glued to another.
+    for line in outputs[3].splitlines():
+        assert line.count("[") <= 1 or not line.startswith("["), line
+    assert "With --jobs=3, up to 3 runs trained at the same time" in \
+        (tmp_path / "jobs3" / "fake" / "table.md").read_text()
+    assert "--jobs" not in (tmp_path / "jobs1" / "fake" / "table.md").read_text()
