@@ -190,13 +190,20 @@ def error_percent(accuracy: float) -> float:
 
 def versions() -> Dict[str, str]:
     """Versions of the software a result was produced with."""
+    import importlib.metadata
+
     import keras
-    import tensorflow as tf
 
     import dcm_keras
 
-    return {"python": platform.python_version(), "tensorflow": tf.__version__,
-            "keras": keras.__version__, "dcm_keras": dcm_keras.__version__}
+    out = {"python": platform.python_version(), "keras": keras.__version__,
+           "backend": keras.backend.backend(), "dcm_keras": dcm_keras.__version__}
+    for package in ("tensorflow", "jax", "jaxlib", "torch"):  # read without importing them
+        try:
+            out[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out
 
 
 def one_line(error: BaseException) -> str:

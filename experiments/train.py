@@ -40,7 +40,9 @@ DCM's weights as `<folder>/<task>_<index>.weights.h5` (`chief_0` outside multi-w
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
+import math
 import os
 import shutil
 import sys
@@ -93,7 +95,8 @@ flags.DEFINE_enum("kd_normalization", "sum", ["sum", "mean_per_student"],
 flags.DEFINE_enum("precision", "float32", PRECISIONS,
                   "auto: mixed_float16 on GPU, mixed_bfloat16 on a CPU with bf16 instructions, "
                   "else float32.")
-flags.DEFINE_bool("jit_compile", False, "Compile the train step with XLA.")
+flags.DEFINE_bool("jit_compile", False, "Compile the train step with XLA (TensorFlow backend; "
+                  "JAX always compiles it).")
 flags.DEFINE_enum("distribute", "auto", STRATEGIES,
                   "auto: MirroredStrategy when more than one GPU is visible; multi_worker: "
                   "MultiWorkerMirroredStrategy configured by $TF_CONFIG.")
@@ -105,6 +108,9 @@ flags.DEFINE_integer("max_train_examples", None, "Train on the first N training 
                      lower_bound=1)
 flags.DEFINE_integer("max_test_examples", None, "Evaluate on the first N test examples only.",
                      lower_bound=1)
+flags.DEFINE_integer("eval_every", 1, "Evaluate on the test split every N epochs (and always "
+                     "after the last): long runs on small training sets spend most of their "
+                     "time evaluating otherwise.", lower_bound=1)
 flags.DEFINE_bool("overwrite", False, "Replace a run with different flags in --model_dir.")
 flags.mark_flag_as_required("model_dir")
 
@@ -113,7 +119,8 @@ RUN_FLAGS = ("method", "connections", "nets", "dataset", "data_dir", "image_size
              "batch_size", "lr", "lr_boundaries", "lr_decay", "momentum", "weight_decay",
              "temperature", "kd_weight", "kd_warmup_epochs", "ce_normalization",
              "kd_normalization", "precision", "jit_compile", "distribute", "model_dir",
-             "seed", "deterministic", "max_train_examples", "max_test_examples", "overwrite")
+             "seed", "deterministic", "max_train_examples", "max_test_examples", "eval_every",
+             "overwrite")
 FLAGS = flags.FLAGS
 
 
@@ -208,9 +215,7 @@ def resolve_precision(precision: str) -> str:
     """The Keras dtype policy for `--precision` (resolving `auto` on this machine)."""
     if precision != "auto":
         return precision
-    import tensorflow as tf
-
-    if tf.config.list_physical_devices("GPU"):
+    if _gpu_count():
         return "mixed_float16"
     try:
         with open("/proc/cpuinfo") as f:
@@ -261,8 +266,54 @@ def parse_tf_config(text: Optional[str]) -> Tuple[str, int, bool, int]:
     return kind, index, chief, sum(len(v) for v in cluster.values())
 
 
+def _gpu_count() -> int:
+    """GPUs the Keras backend sees."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return len(tf.config.list_physical_devices("GPU"))
+    if backend == "jax":
+        import jax
+
+        return sum(d.platform == "gpu" for d in jax.devices())
+    if backend == "torch":
+        import torch
+
+        return torch.cuda.device_count()
+    return 0
+
+
+class OneDevice:
+    """The part of a tf.distribute strategy this script uses, for backends without one."""
+
+    num_replicas_in_sync = 1
+
+    def scope(self):
+        return contextlib.nullcontext()
+
+
+def check_backend(config: Dict[str, object], backend: str) -> None:
+    """Refuses flags that only the TensorFlow backend implements, naming the alternative."""
+    if backend == "tensorflow":
+        return
+    if config["distribute"] in ("mirrored", "multi_worker"):
+        raise ValueError(f"--distribute={config['distribute']} uses tf.distribute and needs "
+                         f"KERAS_BACKEND=tensorflow (this is {backend}); on {backend} use "
+                         "--distribute=none or auto, which train on one device.")
+    if config["deterministic"]:
+        raise ValueError(f"--deterministic sets TensorFlow's op determinism and needs "
+                         f"KERAS_BACKEND=tensorflow (this is {backend}).")
+
+
 def make_strategy(kind: str):
-    """The tf.distribute strategy for `--distribute`."""
+    """The tf.distribute strategy for `--distribute` (`OneDevice` on other backends)."""
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        return OneDevice()
     import tensorflow as tf
 
     if kind == "multi_worker":
@@ -397,16 +448,17 @@ def plot_test_error(history: List[dict], network_heads: Dict[str, Tuple[str, Lis
     import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    epochs = [row["epoch"] + 1 for row in history]
     for k, (net, (arch, heads)) in enumerate(network_heads.items()):
         for head in heads:
             key = f"val_{net}_{head}_acc"
-            if not history or key not in history[0]:
+            rows = [row for row in history if math.isfinite(row.get(key, math.nan))]
+            if not rows:
                 continue
             final = head == "logits"
-            ax.plot(epochs, [common.error_percent(row[key]) for row in history], color=f"C{k}",
+            ax.plot([row["epoch"] + 1 for row in rows],
+                    [common.error_percent(row[key]) for row in rows], color=f"C{k}",
                     linestyle="-" if final else "--", linewidth=1.8 if final else 0.9,
-                    alpha=1.0 if final else 0.6, marker="o" if len(epochs) < 20 else None,
+                    alpha=1.0 if final else 0.6, marker="o" if len(rows) < 20 else None,
                     markersize=3, label=f"{net} ({arch})" if final else f"{net} {head}")
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
@@ -488,18 +540,21 @@ def _prepare(config: Dict[str, object], scratch: List[str]) -> Optional[dict]:
     if chief:  # refuses links before anything is written (or, with --overwrite, removed)
         common.check_no_symlinks(model_dir, *_written_paths(len(config["nets"])))
 
-    # TensorFlow starts here: everything above is cheap.
+    # The backend starts here: everything above is cheap.
     import keras
-    import tensorflow as tf
 
     from dcm_keras import DCM, data, networks
     from experiments.fault_tolerance import AtomicBackupAndRestore
 
+    backend = keras.backend.backend()
+    check_backend(config, backend)
     strategy = make_strategy(str(config["distribute"]))
     precision = resolve_precision(str(config["precision"]))
     keras.mixed_precision.set_global_policy(precision)
     keras.utils.set_random_seed(int(config["seed"]))
     if config["deterministic"]:
+        import tensorflow as tf
+
         tf.config.experimental.enable_op_determinism()
 
     dataset = str(config["dataset"])
@@ -526,7 +581,9 @@ def _prepare(config: Dict[str, object], scratch: List[str]) -> Optional[dict]:
         # The rate is set per epoch by LearningRateScheduler (see train_and_export).
         optimizer = keras.optimizers.SGD(float(config["lr"]), momentum=float(config["momentum"]),
                                          nesterov=False)
-        dcm.compile(optimizer=optimizer, jit_compile=bool(config["jit_compile"]))
+        # JAX runs its steps eagerly, op by op, unless they are compiled.
+        dcm.compile(optimizer=optimizer,
+                    jit_compile=bool(config["jit_compile"]) if backend == "tensorflow" else True)
 
     # Non-chief workers write to a temporary folder (removed by `train`) and resume from the
     # chief's backup: Keras's BackupAndRestore has no notion of workers, and all of them must
@@ -552,15 +609,20 @@ def _prepare(config: Dict[str, object], scratch: List[str]) -> Optional[dict]:
     # epoch=initial_epoch: a resumed run sees exactly the batches an uninterrupted one would.
     load_args = dict(batch_size=batch_size, data_dir=config["data_dir"],
                      image_size=config["image_size"])
-    train_ds = data.load(dataset, "train", training=True, seed=int(config["seed"]),
-                         max_examples=config["max_train_examples"], epoch=initial_epoch,
-                         **load_args)
-    # The training pipeline's length is unknown to tf.data (it is a flat_map over epochs). Keras
-    # then finds each epoch's end by running out of data, and that extra step still advances
-    # optimizer.iterations, shifting the step-based lr schedule by one step per epoch.
-    train_ds = train_ds.apply(tf.data.experimental.assert_cardinality(steps_per_epoch))
-    test_ds = data.load(dataset, "test", training=False,
-                        max_examples=config["max_test_examples"], **load_args)
+    # tf.data on TensorFlow; elsewhere a Keras PyDataset over NumPy arrays, which needs no
+    # TensorFlow for Fashion-MNIST (same normalisation and augmentation, other random draws).
+    load = data.load if backend == "tensorflow" else data.load_arrays
+    train_ds = load(dataset, "train", training=True, seed=int(config["seed"]),
+                    max_examples=config["max_train_examples"], epoch=initial_epoch, **load_args)
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        # The training pipeline's length is unknown to tf.data (it is a flat_map over epochs).
+        # Keras then finds each epoch's end by running out of data, and that extra step still
+        # advances optimizer.iterations, shifting the step-based lr schedule by one step per epoch.
+        train_ds = train_ds.apply(tf.data.experimental.assert_cardinality(steps_per_epoch))
+    test_ds = load(dataset, "test", training=False, max_examples=config["max_test_examples"],
+                   **load_args)
 
     # Written only once everything above has been checked, so a bad command leaves no trace.
     os.makedirs(out_dir, exist_ok=True)
@@ -575,7 +637,7 @@ def _prepare(config: Dict[str, object], scratch: List[str]) -> Optional[dict]:
                 chief=chief, method=method, info=info, dcm=dcm, nets=nets,
                 train_ds=train_ds, test_ds=test_ds, initial_epoch=initial_epoch,
                 steps_per_epoch=steps_per_epoch, batch_size=batch_size, num_train=num_train,
-                num_test=num_test, precision=precision, strategy=strategy)
+                num_test=num_test, precision=precision, strategy=strategy, backend=backend)
 
 
 def _fit_and_report(run: dict, process_start: float) -> int:
@@ -592,8 +654,6 @@ def _fit_and_report(run: dict, process_start: float) -> int:
         # epoch e uses lr * decay ** (boundaries passed), and a resumed run sets it again.
         keras.callbacks.LearningRateScheduler(lambda epoch: learning_rate(config, epoch)),
         epoch_stats_callback(),
-        keras.callbacks.TensorBoard(log_dir=os.path.join(out_dir, common.LOG_DIR),
-                                    write_graph=False, profile_batch=0),
         # Logged before the backup is taken: a kill in between re-runs (and re-logs) the epoch
         # rather than losing its row; read_history keeps the last row of each epoch.
         keras.callbacks.CSVLogger(history_path, append=True),
@@ -603,6 +663,15 @@ def _fit_and_report(run: dict, process_start: float) -> int:
         # written, so a kill during export resumes with nothing left to train.
         run["backup"],
     ]
+    if importlib.util.find_spec("tensorflow") is not None:  # it writes through tf.summary
+        callbacks.insert(2, keras.callbacks.TensorBoard(
+            log_dir=os.path.join(out_dir, common.LOG_DIR), write_graph=False, profile_batch=0))
+    else:
+        print("TensorFlow is not installed: no TensorBoard logs (history.csv and results.json "
+              "hold the same numbers).", flush=True)
+    if hasattr(run["train_ds"], "epoch_setter"):  # data.ArrayDataset: new draws every epoch
+        callbacks.insert(0, run["train_ds"].epoch_setter())
+    eval_every = int(config["eval_every"])
     if initial_epoch >= epochs:
         print(f"Resuming {model_dir}: all {epochs} epochs are trained; exporting from the backup.",
               flush=True)
@@ -612,6 +681,7 @@ def _fit_and_report(run: dict, process_start: float) -> int:
     if initial_epoch < epochs:
         fit_logs = dcm.fit(run["train_ds"], validation_data=run["test_ds"], epochs=epochs,
                            initial_epoch=initial_epoch, callbacks=callbacks,
+                           validation_freq=eval_every,
                            shuffle=False,  # the data module shuffles
                            verbose=1 if sys.stdout.isatty() else 2).history
     debug_dir = os.environ.get("DCM_DEBUG_WEIGHTS_DIR")
@@ -623,14 +693,15 @@ def _fit_and_report(run: dict, process_start: float) -> int:
     if config["distribute"] == "multi_worker":
         # Every worker must take the same branch (evaluate is a collective), so decide on what
         # all of them know: whether this process trained the final epoch.
-        if len(fit_logs.get("loss", [])) == epochs - initial_epoch and epochs > initial_epoch:
+        if (len(fit_logs.get("loss", [])) == epochs - initial_epoch and epochs > initial_epoch
+                and epochs % eval_every == 0):  # Keras evaluated the final epoch
             last = {k: v[-1] for k, v in fit_logs.items()}
         else:
             last = {}
     else:
         last = history[-1] if history else {}
-    if last.get("epoch", epochs - 1) != epochs - 1 or any(f"val_{h}_acc" not in last
-                                                          for h in dcm.flat_heads):
+    if last.get("epoch", epochs - 1) != epochs - 1 or not all(
+            math.isfinite(last.get(f"val_{h}_acc", math.nan)) for h in dcm.flat_heads):
         # No usable row for the final epoch (e.g. history.csv was deleted): measure again.
         last = {f"val_{k}": v for k, v in
                 dcm.evaluate(run["test_ds"], verbose=0, return_dict=True).items()}
@@ -666,6 +737,7 @@ def _fit_and_report(run: dict, process_start: float) -> int:
         "dataset": {"name": info.name, "num_classes": info.num_classes,
                     "image_shape": list(info.image_shape), "train_examples": run["num_train"],
                     "test_examples": run["num_test"]},
+        "backend": run["backend"],
         "precision": run["precision"],
         "replicas": run["strategy"].num_replicas_in_sync,
         "workers": run["task"][3],
@@ -681,7 +753,9 @@ def _fit_and_report(run: dict, process_start: float) -> int:
         "train_images_per_sec": (run["steps_per_epoch"] * run["batch_size"] / median_train
                                  if median_train else None),
         "versions": common.versions(),
-        "history": history,
+        # Epochs without an evaluation have NaN test columns in history.csv; JSON gets null.
+        "history": [{k: (None if isinstance(v, float) and math.isnan(v) else v)
+                     for k, v in row.items()} for row in history],
     }
     plot_test_error(history, {f"net{k + 1}": (name, heads) for k, (name, heads)
                               in enumerate(zip(config["nets"], dcm.heads))},

@@ -73,7 +73,8 @@ def test_results_json(smoke_run):
         assert 0 < net["params"] < net["params_with_heads"]
     assert results["wall_time_s"] > 0 and results["process_wall_time_s"] > 0
     assert results["train_images_per_sec"] > 0 and results["epoch_train_seconds_median"] > 0
-    assert set(results["versions"]) == {"python", "tensorflow", "keras", "dcm_keras"}
+    assert {"python", "tensorflow", "keras", "dcm_keras", "backend"} <= set(results["versions"])
+    assert results["backend"] == results["versions"]["backend"] == "tensorflow"
     history = results["history"]
     assert [row["epoch"] for row in history] == list(range(EPOCHS))
     for row in history:
