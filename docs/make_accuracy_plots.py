@@ -17,17 +17,28 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
-# The budget sweep, in order of SGD steps, then epochs (fewer images, more passes).
+# The short budgets (2-core CPU, TensorFlow, first 5,000 test images), in order of SGD steps,
+# then epochs (fewer images, more passes).
 SWEEP = ["fmnist_n8192_e1", "fmnist_n4096_e2", "fmnist_n8192_e2", "fmnist_n1024_e16"]
+# The long budgets (one H100, JAX, all 10,000 test images), from the least to the most fitted.
+SWEEP_GPU = ["fmnist_n60000_e8", "fmnist_n2048_e100", "fmnist_n1024_e200"]
 STAGES = "fmnist_n4096_e2_stages"
 ABLATIONS = [("fmnist_n4096_e2_dcm_norm", "ce mean_per_network + kd mean_per_student"),
              ("fmnist_n4096_e2_dcm_warmup1", "kd_warmup_epochs 1 (of 2)"),
              ("fmnist_n4096_e2_dcm_kdw05", "kd_weight 0.5"),
              ("fmnist_n4096_e2_dcm_wd0", "weight_decay 0"),
              ("fmnist_n4096_e2_dcm_t3", "temperature 3")]
+ABLATIONS_GPU = [("fmnist_n2048_e100_dcm_norm", "ce mean_per_network + kd mean_per_student"),
+                 ("fmnist_n2048_e100_dcm_warmup10", "kd_warmup_epochs 10 (of 100)"),
+                 ("fmnist_n2048_e100_dcm_kdw05", "kd_weight 0.5"),
+                 ("fmnist_n2048_e100_dcm_wd0", "weight_decay 0"),
+                 ("fmnist_n2048_e100_dcm_t3", "temperature 3")]
 # The one factor measured at the 1,024 x 16 point too.
 ABLATIONS_1024 = [("fmnist_n1024_e16_dcm_norm", "ce mean_per_network + kd mean_per_student")]
+# Sequential runs (one at a time on the GPU): the training-time multiples.
+TIMING = ["fmnist_n60000_e2_timing", "fmnist_n2048_e10_timing"]
 METHODS = ["baseline", "dsn", "dml", "dcm", "same_stage", "cross_stage"]
+FASHION_TRAIN = 60_000
 
 
 def load(name):
@@ -63,24 +74,33 @@ def per_method(table):
 
 def budget_label(table):
     f = table["config"]["train_flags"]
-    steps = f["max_train_examples"] // f["batch_size"] * f["epochs"]
-    return f"{f['max_train_examples']} x {f['epochs']}\n({steps} steps)"
+    n = f.get("max_train_examples") or FASHION_TRAIN
+    steps = n // f["batch_size"] * f["epochs"]
+    return f"{n} x {f['epochs']}\n({steps} steps)"
 
 
 def fmt(m):
     return f"{m[0]:.2f} ± {m[1]:.2f}"
 
 
+def margin(r, base):
+    """Pair-error difference to the baseline, and whether it exceeds the larger of the stds."""
+    d = r["pair"][0] - base["pair"][0]
+    beyond = abs(d) > max(r["pair"][1], base["pair"][1])
+    return f"{d:+.2f}" + (" (beyond spread)" if beyond else "")
+
+
 def sweep_table(tables):
-    lines = ["| budget (images x epochs) | method | pair error (%) | net1 error (%) | "
-             "net2 error (%) | train acc (%) | time x baseline | n |", "|" + "---|" * 8]
+    lines = ["| budget (images x epochs) | method | pair error (%) | vs baseline | net1 error (%) | "
+             "net2 error (%) | train acc (%) | time x baseline | n |", "|" + "---|" * 9]
     for name, table in tables:
         results = per_method(table)
         for method in [m for m in METHODS if m in results]:
             r = results[method]
             acc = f"{r['acc'][0]:.1f} ± {r['acc'][1]:.1f}" if r["acc"] else ""
             t = f"{r['time']:.2f}" if r["time"] else ""
-            lines.append(f"| {budget_label(table).replace(chr(10), ' ')} | {method} | {fmt(r['pair'])} | "
+            vs = margin(r, results["baseline"]) if "baseline" in results and method != "baseline" else ""
+            lines.append(f"| {budget_label(table).replace(chr(10), ' ')} | {method} | {fmt(r['pair'])} | {vs} | "
                          f"{r['net1']['mean']:.2f} ± {r['net1']['std']:.2f} | "
                          f"{r['net2']['mean']:.2f} ± {r['net2']['std']:.2f} | {acc} | {t} | "
                          f"{r['pair'][2]} |")
@@ -101,32 +121,56 @@ def ablation_table(reference, ablations):
     return "\n".join(lines)
 
 
-def main():
-    import matplotlib
+def timing_table(tables):
+    lines = ["| timing run | method | s / epoch | time x baseline (pair) | time x one network |",
+             "|" + "---|" * 5]
+    for _, table in tables:
+        for method, r in per_method(table).items():
+            t = r["time"]
+            lines.append(f"| {budget_label(table).replace(chr(10), ' ')} | {method} | "
+                         f"{r['epoch_s']:.2f} | {t:.2f} | {2 * t:.2f} |")
+    return "\n".join(lines)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    tables = [(n, t) for n in SWEEP if (t := load(n)) is not None]
-    if not tables:
-        sys.exit(f"no results in {RESULTS}")
-    stages = load(STAGES)
-    ablations = [(label, t) for n, label in ABLATIONS if (t := load(n)) is not None]
+def plot_factors(plt, ref, ablations, path):
+    rows = [("baseline", per_method(ref)["baseline"]), ("DCM (paper)", per_method(ref)["dcm"])]
+    rows += [(label, per_method(t)["dcm"]) for label, t in ablations]
+    fig, ax = plt.subplots(figsize=(9, 4))
+    ax.barh(range(len(rows)), [r["pair"][0] for _, r in rows],
+            xerr=[r["pair"][1] for _, r in rows], capsize=4,
+            color=["C0", "C3"] + ["C7"] * (len(rows) - 2))
+    ax.set_yticks(range(len(rows)), [label for label, _ in rows])
+    ax.invert_yaxis()
+    low = min(r["pair"][0] - r["pair"][1] for _, r in rows)
+    high = max(r["pair"][0] + r["pair"][1] for _, r in rows)
+    ax.set_xlim(max(0, low - 0.5 * (high - low) - 0.5), high + 0.2 * (high - low) + 0.2)
+    ax.set_xlabel("test error (%), pair mean ± std over 3 seeds")
+    ax.set_title(f"DCM, one factor at a time ({budget_label(ref).replace(chr(10), ' ')})")
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
 
-    # 1. Test error and train accuracy against the budget, one line per method.
+
+def plot_sweep(plt, tables, stages, path, title):
+    """Test error and final train accuracy against the budget, one line per method."""
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     labels = [budget_label(t) for _, t in tables]
-    for i, method in enumerate(METHODS[:4]):
+    for i, method in enumerate(METHODS):
         pts = [(x, per_method(t).get(method)) for x, (_, t) in enumerate(tables)]
         pts = [(x, r) for x, r in pts if r]
-        xs = [x + (i - 1.5) * 0.06 for x, _ in pts]
+        if not pts:
+            continue
+        xs = [x + (i - 2.5) * 0.05 for x, _ in pts]
+        style = dict(marker="o" if i < 4 else "s", capsize=3, label=method, color=f"C{i}",
+                     linestyle="-" if i < 4 else ":")
         ax.errorbar(xs, [r["pair"][0] for _, r in pts], yerr=[r["pair"][1] for _, r in pts],
-                    marker="o", capsize=3, label=method, color=f"C{i}")
+                    **style)
         acc = [(x, r["acc"]) for x, (_, r) in zip(xs, pts) if r["acc"]]
         ax2.errorbar([a for a, _ in acc], [m[0] for _, m in acc], yerr=[m[1] for _, m in acc],
-                     marker="o", capsize=3, label=method, color=f"C{i}")
+                     **style)
     if stages:
-        x = [lbl for lbl in labels].index(budget_label(stages)) if budget_label(stages) in labels else None
+        x = labels.index(budget_label(stages)) if budget_label(stages) in labels else None
         if x is not None:
             for j, method in enumerate(["same_stage", "cross_stage"]):
                 r = per_method(stages).get(method)
@@ -140,37 +184,56 @@ def main():
         a.set_ylabel(ylabel)
         a.grid(alpha=0.3)
         a.legend(fontsize=8)
-    ax.set_title("Fashion-MNIST, WRN-10-1 pair: test error (mean ± std, 3 seeds)")
+    ax.set_title(title)
     ax2.set_title("training accuracy at the end (augmented batches)")
     fig.tight_layout()
-    fig.savefig(os.path.join(HERE, "accuracy_error_vs_budget.png"), dpi=90)
+    fig.savefig(path, dpi=90)
     plt.close(fig)
 
-    # 2. The factors, one at a time, for DCM at the ablation point.
-    if ablations:
-        ref = dict(tables)[ABLATIONS[0][0].split("_dcm_")[0]]
-        rows = [("baseline", per_method(ref)["baseline"]), ("DCM (paper)", per_method(ref)["dcm"])]
-        rows += [(label, per_method(t)["dcm"]) for label, t in ablations]
-        fig, ax = plt.subplots(figsize=(9, 4))
-        ax.barh(range(len(rows)), [r["pair"][0] for _, r in rows],
-                xerr=[r["pair"][1] for _, r in rows], capsize=4,
-                color=["C0", "C3"] + ["C7"] * (len(rows) - 2))
-        ax.set_yticks(range(len(rows)), [label for label, _ in rows])
-        ax.invert_yaxis()
-        low = min(r["pair"][0] - r["pair"][1] for _, r in rows)
-        high = max(r["pair"][0] + r["pair"][1] for _, r in rows)
-        ax.set_xlim(max(0, low - 0.5 * (high - low) - 0.5), high + 0.2 * (high - low) + 0.2)
-        ax.set_xlabel("test error (%), pair mean ± std over 3 seeds")
-        ax.set_title(f"DCM, one factor at a time ({budget_label(ref).replace(chr(10), ' ')})")
-        ax.grid(axis="x", alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(os.path.join(HERE, "accuracy_dcm_factors.png"), dpi=90)
-        plt.close(fig)
 
-    print(sweep_table(tables + ([(STAGES, stages)] if stages else [])))
+def main():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tables = [(n, t) for n in SWEEP if (t := load(n)) is not None]
+    gpu = [(n, t) for n in SWEEP_GPU if (t := load(n)) is not None]
+    if not tables and not gpu:
+        sys.exit(f"no results in {RESULTS}")
+    stages = load(STAGES)
+    ablations = [(label, t) for n, label in ABLATIONS if (t := load(n)) is not None]
+    ablations_gpu = [(label, t) for n, label in ABLATIONS_GPU if (t := load(n)) is not None]
+
+    if tables:
+        plot_sweep(plt, tables, stages, os.path.join(HERE, "accuracy_error_vs_budget.png"),
+                   "short budgets (CPU): test error, mean ± std over 3 seeds")
+    if gpu:
+        plot_sweep(plt, gpu, None, os.path.join(HERE, "accuracy_error_vs_budget_gpu.png"),
+                   "long budgets (GPU): test error, mean ± std over 3 seeds")
+    if ablations:
+        plot_factors(plt, dict(tables)["fmnist_n4096_e2"], ablations,
+                     os.path.join(HERE, "accuracy_dcm_factors.png"))
+    if ablations_gpu:
+        plot_factors(plt, dict(gpu)["fmnist_n2048_e100"], ablations_gpu,
+                     os.path.join(HERE, "accuracy_dcm_factors_gpu.png"))
+
+    if gpu:
+        print("## long budgets (GPU)\n")
+        print(sweep_table(gpu))
+    if ablations_gpu:
+        print()
+        print(ablation_table(dict(gpu)["fmnist_n2048_e100"], ablations_gpu))
+    timing = [(n, t) for n in TIMING if (t := load(n)) is not None]
+    if timing:
+        print()
+        print(timing_table(timing))
+    if tables:
+        print("\n## short budgets (CPU)\n")
+        print(sweep_table(tables + ([(STAGES, stages)] if stages else [])))
     if ablations:
         print()
-        print(ablation_table(dict(tables)[ABLATIONS[0][0].split("_dcm_")[0]], ablations))
+        print(ablation_table(dict(tables)["fmnist_n4096_e2"], ablations))
     more = [(label, t) for n, label in ABLATIONS_1024 if (t := load(n)) is not None]
     if more and "fmnist_n1024_e16" in dict(tables):
         print()

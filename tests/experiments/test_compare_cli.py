@@ -127,3 +127,21 @@ def test_verdict_says_within_spread_better_or_worse():
     assert "net2 error +0.20 points (within the seed spread" in line and "x2.00" in line
     rows[1] = row("dcm", 11.0, 11.0, 0.1)
     assert "WORSE than baseline" in compare.verdict_lines(compare.versus_baseline(config, rows))[0]
+
+
+@pytest.mark.parametrize("preset,config", [("demo", "fmnist_n4096_e2"),
+                                           ("fmnist_long", "fmnist_n1024_e200")])
+def test_study_presets_are_the_studied_settings(preset, config):
+    """The presets docs/accuracy.md vouches for run exactly the flags its tables came from."""
+    import os
+
+    from experiments import compare
+
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    with open(os.path.join(repo, "docs", "results", f"{config}.json")) as f:
+        studied = json.load(f)["config"]
+    mine = compare.PRESETS[preset]
+    assert mine["train_flags"] == studied["train_flags"]
+    assert mine["seeds"] == studied["seeds"]
+    assert set(mine["methods"]) <= set(studied["methods"]) and "baseline" in mine["methods"]
+    assert mine["rows"] == studied["rows"]
