@@ -32,14 +32,49 @@ def export_network(network: keras.Model, head: str = FINAL_HEAD) -> keras.Model:
     return keras.Model(inputs=network.input, outputs=output, name=name)
 
 
+def _is_plain_functional(model: keras.Model) -> bool:
+    cls = type(model)
+    return cls.__name__ == "Functional" and cls.__module__.startswith("keras.")
+
+
+def stock_layers(model: keras.Model) -> keras.Model:
+    """`model` with dcm_keras's BatchNormalization replaced by Keras's own, weights copied.
+
+    The two compute the same function (dcm_keras's only runs it through TensorFlow's fused
+    kernel), but a file holding Keras's class loads wherever Keras does, without `dcm_keras`.
+    Models without such layers, and models that are not plain functional ones (a registered
+    network class, `DCM`), are returned unchanged.
+    """
+    from dcm_keras.networks.common import BatchNormalization
+
+    if not _is_plain_functional(model) or not any(
+            type(layer) is BatchNormalization for layer in model.layers):
+        return model
+
+    def stock(layer):
+        if type(layer) is not BatchNormalization:
+            return layer  # shared, as in `model`
+        twin = keras.layers.BatchNormalization.from_config(layer.get_config())
+        ndim = layer.input_spec.ndim if layer.input_spec is not None else 4
+        twin.build((None,) * (ndim - 1) + tuple(layer.gamma.shape))
+        twin.set_weights(layer.get_weights())
+        return twin
+
+    return keras.models.clone_model(model, clone_function=stock)
+
+
 def save_network(model: keras.Model, path: str, overwrite: bool = False) -> str:
-    """Saves a model to a `.keras` file, refusing to replace an existing file unless asked."""
+    """Saves a model to a `.keras` file, refusing to replace an existing file unless asked.
+
+    A plain functional model (e.g. from `export_network`) is saved with Keras's own layers only
+    (`stock_layers`), so `keras.saving.load_model` reads it without importing `dcm_keras`.
+    """
     path = os.fspath(path)
     if not path.endswith(".keras"):
         raise ValueError(f"Model files must end in .keras, got {path!r}.")
     if os.path.exists(path) and not overwrite:
         raise FileExistsError(f"{path} already exists; refusing to overwrite it.")
-    model.save(path, overwrite=True)
+    stock_layers(model).save(path, overwrite=True)
     return path
 
 
