@@ -736,7 +736,12 @@ class ArrayDataset(keras.utils.PyDataset):
         """The example indices of the current epoch, in the order they are batched."""
         if not self.training:
             return np.arange(len(self.labels))
-        return self._rng(0).permutation(len(self.labels))
+        # Drawn once per epoch: a 60k permutation costs more than the batch it would serve.
+        key = (self.seed, self.epoch)
+        if getattr(self, "_order_key", None) != key:
+            self._order = self._rng(0).permutation(len(self.labels))
+            self._order_key = key
+        return self._order
 
     def __getitem__(self, index: int):
         if not 0 <= index < self.num_batches:
