@@ -68,6 +68,7 @@ PREFIX = "@@bench "
 TRAIN_CONFIGS = {
     "plain": (1, False, "none", "one network"),
     "heads": (1, True, "none", "one network + heads (deep supervision)"),
+    "pair": (2, False, "none", "independent pair (compare.py's baseline)"),
     "dml": (2, False, "final", "DML pair (final logits KD)"),
     "ce_pair": (2, True, "none", "pair + heads, cross-entropy only"),
     "dcm": (2, True, "dense", "DCM pair (heads, dense KD)"),
