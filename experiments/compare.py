@@ -48,7 +48,7 @@ PRESETS: Dict[str, dict] = {
     },
     # The 4,096-image x 2-epoch point of docs/accuracy.md (the same flags as
     # docs/results/configs/fmnist_n4096_e2.json): baseline vs DCM, 3 seeds, on the first 5,000
-    # test images. About 5 minutes on an idle 2-core CPU. The table's margin lines say whether
+    # test images. About 2 minutes on an idle 2-core CPU. The table's margin lines say whether
     # DCM's difference from the baseline exceeds the seed spread, with its training-time multiple.
     "demo": {
         "rows": [["wrn_10_1", "wrn_10_1"]],
