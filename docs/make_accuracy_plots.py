@@ -35,6 +35,8 @@ ABLATIONS_GPU = [("fmnist_n2048_e100_dcm_norm", "ce mean_per_network + kd mean_p
                  ("fmnist_n2048_e100_dcm_t3", "temperature 3")]
 # The one factor measured at the 1,024 x 16 point too.
 ABLATIONS_1024 = [("fmnist_n1024_e16_dcm_norm", "ce mean_per_network + kd mean_per_student")]
+# The 1,024 x 200 point again on the CPU with TensorFlow (tf.data pipeline), baseline and DCM.
+REPLICATION = "fmnist_n1024_e200_cpu"
 # Sequential runs (one at a time on the GPU): the training-time multiples.
 TIMING = ["fmnist_n60000_e2_timing", "fmnist_n2048_e10_timing"]
 METHODS = ["baseline", "dsn", "dml", "dcm", "same_stage", "cross_stage"]
@@ -224,6 +226,10 @@ def main():
     if ablations_gpu:
         print()
         print(ablation_table(dict(gpu)["fmnist_n2048_e100"], ablations_gpu))
+    replication = load(REPLICATION)
+    if replication:
+        print()
+        print(sweep_table([(REPLICATION, replication)]))
     timing = [(n, t) for n in TIMING if (t := load(n)) is not None]
     if timing:
         print()
