@@ -62,7 +62,8 @@ PRESETS: Dict[str, dict] = {
                  "spread means these seeds do not separate DCM from training each network "
                  "alone. At this short budget the networks under-fit and DCM was about 1 point "
                  "behind in the study; it helped only once the networks fit their training set "
-                 "(-0.76 points at 1,024 images x 200 epochs: --preset=fmnist_long, a GPU run). "
+                 "(at 1,024 images x 200 epochs, --preset=fmnist_long: -0.76 points on a GPU, "
+                 "-0.35 in a CPU rerun). "
                  "See docs/accuracy.md."),
     },
     # The 1,024 x 200 point of docs/accuracy.md (docs/results/configs/fmnist_n1024_e200.json):
