@@ -2,7 +2,7 @@
 # The GPU part of the accuracy study (docs/accuracy.md): several comparisons at once on one GPU
 # with the JAX backend, each `experiments.compare --jobs=N`, stopped at a deadline; whatever
 # finished is tabulated with `--no_train` and packed (results, histories, logs and tables; no
-# weights) into $OUT/study.tgz.
+# weights) into $OUT/study-<UTC time>.tgz.
 #
 #   OUT=/tmp/out BUDGET_S=520 bash docs/results/run_gpu_study.sh
 #
@@ -67,6 +67,7 @@ for item in $PLAN; do
   sed -n '/^| networks/,/^Settings\|^$/p' "$WORK/$name.table.log" | head -12
 done
 grep -h "done in" "$WORK"/*.compare.log | head -80 > "$WORK/run_times.txt"
-tar -czf "$OUT/study.tgz" -C "$WORK" --exclude='*.keras' --exclude='backup' \
+# A new name per run: an earlier run's archive in $OUT is never replaced.
+tar -czf "$OUT/study-$(date -u +%Y%m%d-%H%M%S).tgz" -C "$WORK" --exclude='*.keras' --exclude='backup' \
   --exclude='jax_cache' --exclude='test_error.png' .
 ls -la "$OUT"
