@@ -469,6 +469,15 @@ def _tfds_split(builder, tfds, split: str, skip_decoding: bool = False) -> tf.da
     return ds.map(lambda x, y: (x, tf.cast(y, tf.int32)))
 
 
+def _pad_for(info: DatasetInfo) -> int:
+    """The reflect padding of a dataset's training crop, for `load()` and `load_arrays()`."""
+    if info.name in ("cifar10", "cifar100"):
+        return 4
+    if info.name == "fashion_mnist":
+        return 2
+    return max(info.image_shape[0] // 8, 1)
+
+
 def _source(name: str, split: str, data_dir: str | None, image_size: int | None,
             max_examples: int | None) -> _Source:
     kind = _canonical(name)
@@ -478,8 +487,9 @@ def _source(name: str, split: str, data_dir: str | None, image_size: int | None,
         _fixed_size(name, 32, image_size)
         builder, tfds = _tfds_builder(kind, data_dir)
         n = _TFDS_COUNTS[kind][1 if split == "train" else 2]
+        info = get_info(kind)
         return _Source(_tfds_split(builder, tfds, split), True, cap(n),
-                       lambda x, s: pad_crop_flip(x, s, 4), lambda x: x, get_info(kind))
+                       lambda x, s: pad_crop_flip(x, s, _pad_for(info)), lambda x: x, info)
     if kind == "fashion_mnist":
         _fixed_size(name, 28, image_size)
         directory = _fashion_mnist_dir(data_dir)
@@ -491,8 +501,9 @@ def _source(name: str, split: str, data_dir: str | None, image_size: int | None,
             builder, tfds = _tfds_builder(kind, data_dir)
             ds = _tfds_split(builder, tfds, split)
             n = _TFDS_COUNTS[kind][1 if split == "train" else 2]
-        return _Source(ds, True, cap(n), lambda x, s: pad_crop_flip(x, s, 2), lambda x: x,
-                       get_info(kind))
+        info = get_info(kind)
+        return _Source(ds, True, cap(n), lambda x, s: pad_crop_flip(x, s, _pad_for(info)),
+                       lambda x: x, info)
     if kind == "imagenet2012":
         size = image_size or 224
         builder, tfds = _tfds_builder(kind, data_dir)
@@ -507,9 +518,8 @@ def _source(name: str, split: str, data_dir: str | None, image_size: int | None,
                        len(examples["test"]), IMAGENET_MEAN, IMAGENET_STD)
     pairs = examples[split][:max_examples] if max_examples is not None else examples[split]
     images, labels = _image_folder_arrays(pairs, size)
-    pad = max(size // 8, 1)
     return _Source(tf.data.Dataset.from_tensor_slices((images, labels)), True, len(labels),
-                   lambda x, s: pad_crop_flip(x, s, pad), lambda x: x, info)
+                   lambda x, s: pad_crop_flip(x, s, _pad_for(info)), lambda x: x, info)
 
 
 def _block_shuffle(ds: tf.data.Dataset, block: int, key: tf.Tensor) -> tf.data.Dataset:
@@ -645,15 +655,6 @@ def load(name: str, split: str, *, batch_size: int, training: bool | None = None
 # NumPy pipeline (any backend)
 
 
-def _pad_for(info: DatasetInfo) -> int:
-    """The reflect padding of the training crop: the same as `load()` uses for the dataset."""
-    if info.name in ("cifar10", "cifar100"):
-        return 4
-    if info.name == "fashion_mnist":
-        return 2
-    return max(info.image_shape[0] // 8, 1)
-
-
 def _arrays(name: str, split: str, data_dir: str | None, image_size: int | None,
             max_examples: int | None) -> tuple[np.ndarray, np.ndarray, DatasetInfo]:
     """A split's uint8 images and int32 labels, decoded once, with the dataset's facts."""
@@ -707,6 +708,7 @@ class ArrayDataset(keras.utils.PyDataset):
             raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
         self.labels = labels.astype(np.int32)
         self.batch_size, self.training, self.seed, self.epoch = batch_size, training, seed, epoch
+        self._order_key, self._order = None, None  # the permutation of (seed, epoch), once drawn
         self.drop_remainder = training if drop_remainder is None else drop_remainder
         self.pad = pad if training else 0
         self.image_shape = images.shape[1:]
@@ -738,7 +740,7 @@ class ArrayDataset(keras.utils.PyDataset):
             return np.arange(len(self.labels))
         # Drawn once per epoch: a 60k permutation costs more than the batch it would serve.
         key = (self.seed, self.epoch)
-        if getattr(self, "_order_key", None) != key:
+        if self._order_key != key:
             self._order = self._rng(0).permutation(len(self.labels))
             self._order_key = key
         return self._order
