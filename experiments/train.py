@@ -142,16 +142,21 @@ def user_errors():
         raise UserError(common.one_line(e)) from e
 
 
+def _json(text: str, what: str):
+    """`text` parsed as JSON; a ValueError naming `what` and the position when it is not."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{what} is not valid JSON ({e.msg} at character {e.pos}).")
+
+
 def parse_connections(text: Optional[str]):
     """`--connections` as a preset name or a list of edges; raises ValueError when unreadable."""
     if text is None:
         return None
     text = text.strip()
     if text.startswith("["):
-        try:
-            edges = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"--connections is not valid JSON ({e.msg} at character {e.pos}).")
+        edges = _json(text, "--connections")
         if not isinstance(edges, list):
             raise ValueError("--connections JSON must be a list of [student, teacher, weight].")
         return edges
@@ -235,10 +240,7 @@ def parse_tf_config(text: Optional[str]) -> Tuple[str, int, bool, int]:
         raise ValueError("--distribute=multi_worker needs $TF_CONFIG, e.g. {\"cluster\": "
                          "{\"worker\": [\"host1:2222\", \"host2:2222\"]}, \"task\": "
                          "{\"type\": \"worker\", \"index\": 0}}.")
-    try:
-        config = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"$TF_CONFIG is not valid JSON ({e.msg} at character {e.pos}).")
+    config = _json(text, "$TF_CONFIG")
     if not isinstance(config, dict):
         raise ValueError("$TF_CONFIG must be a JSON object with \"cluster\" and \"task\".")
     cluster = config.get("cluster")
