@@ -25,6 +25,12 @@ TINY_TRAIN_FLAGS = ["--nets=wrn_10_1,wrn_10_1", "--image_size=8", "--batch_size=
                     "--lr_boundaries=1", "--lr=0.05"]
 
 
+def tiny_train(folder, model_dir, *extra: str) -> List[str]:
+    """`train` arguments of a one-epoch TINY_TRAIN_FLAGS run on an image folder."""
+    return ["train", f"--dataset=image_folder:{folder}", f"--model_dir={model_dir}",
+            "--epochs=1", *TINY_TRAIN_FLAGS, *extra]
+
+
 def env() -> dict:
     variables = dict(os.environ)
     variables["TF_CPP_MIN_LOG_LEVEL"] = "3"
@@ -119,6 +125,28 @@ class Watched:
     def describe(self) -> str:
         return (f"exit {self.proc.returncode}\nstdout:\n{self.stdout[-3000:]}\n"
                 f"stderr:\n{self.stderr[-3000:]}")
+
+
+def run_all(cases: Dict[str, tuple], root: Path) -> Dict[str, tuple]:
+    """Runs every case at once: name -> `(script, *args)`, or `((script, *args), extra_env)`.
+
+    Returns name -> `(exit code, message lines of stderr, its --model_dir or root/"none")`.
+    """
+    cases = {name: case if isinstance(case, tuple) else (case, {})
+             for name, case in cases.items()}
+    folders = {name: Path(next((a.split("=", 1)[1] for a in args
+                                if a.startswith("--model_dir=")), root / "none"))
+               for name, (args, _) in cases.items()}
+    procs = {name: start(*args, extra_env=extra) for name, (args, extra) in cases.items()}
+    results = {}
+    for name, proc in procs.items():
+        try:
+            _, err = proc.communicate(timeout=240)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+        results[name] = (proc.returncode, message_lines(err), folders[name])
+    return results
 
 
 def message_lines(stderr: str) -> List[str]:

@@ -9,21 +9,16 @@ wrong shape or dtype, empty data, Fashion-MNIST IDX labels out of range.
 """
 
 import json
-import subprocess
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from cli_helpers import TINY_TRAIN_FLAGS, message_lines, one_line_error, start
+from cli_helpers import one_line_error, run_all
+from cli_helpers import tiny_train as _train
 
 pytestmark = pytest.mark.requires_tensorflow("experiment scripts are tested on TensorFlow")
-
-
-def _train(folder, model_dir, *extra):
-    return ["train", f"--dataset=image_folder:{folder}", f"--model_dir={model_dir}",
-            "--epochs=1", *TINY_TRAIN_FLAGS, *extra]
 
 
 def _tiny_model_file(path: Path, lambda_layer: bool = False) -> Path:
@@ -90,19 +85,7 @@ def outcomes(tmp_path_factory, small_folder):
         "evaluate_text": (["evaluate", f"--model={text}", "--dataset=cifar10"], {}),
         "evaluate_lambda": (["evaluate", f"--model={unsafe}", "--dataset=cifar10"], {}),
     }
-    folders = {name: Path(next((a.split("=", 1)[1] for a in args
-                                if a.startswith("--model_dir=")), root / "none"))
-               for name, (args, _) in cases.items()}
-    procs = {name: start(*args, extra_env=env) for name, (args, env) in cases.items()}
-    results = {}
-    for name, proc in procs.items():
-        try:
-            _, err = proc.communicate(timeout=240)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
-        results[name] = (proc.returncode, message_lines(err), folders[name])
-    return results, files
+    return run_all(cases, root), files
 
 
 def test_tf_config_that_is_not_json(outcomes):

@@ -6,21 +6,16 @@ separately.
 """
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from cli_helpers import TINY_TRAIN_FLAGS, message_lines, one_line_error, start
+from cli_helpers import one_line_error, run_all
+from cli_helpers import tiny_train as _train
 
 # The scripts run with TensorFlow-only parts (tf.distribute, op determinism, tf.data); once
 # per `make test` is enough, so a session under another Keras backend skips them.
 pytestmark = pytest.mark.requires_tensorflow("experiment scripts are tested on TensorFlow")
-
-
-def _train(folder, model_dir, *extra):
-    return ["train", f"--dataset=image_folder:{folder}", f"--model_dir={model_dir}",
-            "--epochs=1", *TINY_TRAIN_FLAGS, *extra]
 
 
 @pytest.fixture(scope="module")
@@ -63,19 +58,7 @@ def outcomes(tmp_path_factory, small_folder):
                                    "--dataset=cifar10"],
         "compare_method": ["compare", "--methods=baseline,foo", f"--work_dir={root / 'c'}"],
     }
-    model_dirs = {name: Path(next((a.split("=", 1)[1] for a in args
-                                   if a.startswith("--model_dir=")), root / "none"))
-                  for name, args in cases.items()}
-    procs = {name: start(*args) for name, args in cases.items()}
-    results = {}
-    for name, proc in procs.items():
-        try:
-            _, err = proc.communicate(timeout=240)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
-        results[name] = (proc.returncode, message_lines(err), model_dirs[name])
-    return results
+    return run_all(cases, root)
 
 
 def test_unknown_method_lists_the_valid_ones(outcomes):
