@@ -135,6 +135,7 @@ class DatasetInfo:
     num_test: int
     mean: tuple  # per channel, in [0, 1] pixel units
     std: tuple
+    class_names: tuple = ()  # image folders: the class folder names, in label order
 
 
 # --------------------------------------------------------------------------------------------------
@@ -373,7 +374,61 @@ def get_info(name: str, data_dir: str | None = None, image_size: int | None = No
     size = image_size or 32
     classes, examples = _scan_image_folder(_parse_image_folder(name))
     return DatasetInfo(name, len(classes), (size, size, 3), len(examples["train"]),
-                       len(examples["test"]), IMAGENET_MEAN, IMAGENET_STD)
+                       len(examples["test"]), IMAGENET_MEAN, IMAGENET_STD, tuple(classes))
+
+
+def stratified_indices(labels, n: int, seed: int = 0) -> np.ndarray:
+    """Sorted indices of a seeded subset of `n` examples holding every class in proportion.
+
+    Each class gets `n * count / total` examples rounded by largest remainder (ties to the lower
+    label), drawn without replacement by a generator keyed by `(seed, label)`, so the subset
+    depends only on the labels' order, `n` and `seed`.
+    """
+    labels = np.asarray(labels).reshape(-1)
+    if n >= len(labels):
+        return np.arange(len(labels))
+    classes, counts = np.unique(labels, return_counts=True)
+    exact = n * counts / counts.sum()
+    quota = np.floor(exact).astype(np.int64)
+    extra = n - int(quota.sum())
+    order = sorted(range(len(classes)), key=lambda i: (-(exact[i] - quota[i]), i))
+    quota[order[:extra]] += 1
+    chosen = []
+    for label, k in zip(classes, quota):
+        members = np.flatnonzero(labels == label)
+        rng = np.random.default_rng([int(seed) & (2**63 - 1), int(label)])
+        chosen.append(rng.choice(members, size=int(k), replace=False))
+    return np.sort(np.concatenate(chosen))
+
+
+def _subset_pairs(pairs: list, max_examples: int | None, seed: int | None) -> list:
+    """An image folder's (file, label) pairs, cut to a stratified subset of `max_examples`."""
+    if max_examples is None:
+        return pairs
+    index = stratified_indices([label for _, label in pairs], max_examples,
+                               0 if seed is None else seed)
+    return [pairs[i] for i in index]
+
+
+def class_counts(name: str, split: str, *, data_dir: str | None = None,
+                 max_examples: int | None = None, seed: int | None = None) -> dict | None:
+    """Examples per class that `load(name, split, max_examples=..., seed=...)` reads.
+
+    Known without decoding for image folders (keyed by class folder name) and for Fashion-MNIST's
+    IDX files (keyed by label); None for tfds sources, which would need a pass over the data.
+    """
+    kind = _canonical(name)
+    if kind == "image_folder":
+        classes, examples = _scan_image_folder(_parse_image_folder(name))
+        labels = [label for _, label in _subset_pairs(examples[split], max_examples, seed)]
+        found = np.bincount(labels, minlength=len(classes))
+        return {cls: int(c) for cls, c in zip(classes, found)}
+    if kind == "fashion_mnist":
+        directory = _fashion_mnist_dir(data_dir)
+        if directory is not None:
+            labels = read_idx(_find_idx(directory, _FASHION_FILES[split][1]))[:max_examples]
+            return {str(k): int(c) for k, c in enumerate(np.bincount(labels, minlength=10))}
+    return None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -479,7 +534,7 @@ def _pad_for(info: DatasetInfo) -> int:
 
 
 def _source(name: str, split: str, data_dir: str | None, image_size: int | None,
-            max_examples: int | None) -> _Source:
+            max_examples: int | None, seed: int | None = None) -> _Source:
     kind = _canonical(name)
     _require_tensorflow(f"Reading {name}")
     cap = (lambda n: n if max_examples is None else min(n, max_examples))
@@ -515,8 +570,9 @@ def _source(name: str, split: str, data_dir: str | None, image_size: int | None,
     size = image_size or 32
     classes, examples = _scan_image_folder(_parse_image_folder(name))
     info = DatasetInfo(name, len(classes), (size, size, 3), len(examples["train"]),
-                       len(examples["test"]), IMAGENET_MEAN, IMAGENET_STD)
-    pairs = examples[split][:max_examples] if max_examples is not None else examples[split]
+                       len(examples["test"]), IMAGENET_MEAN, IMAGENET_STD, tuple(classes))
+    # The pairs are in class order: a prefix would hold the first classes only.
+    pairs = _subset_pairs(examples[split], max_examples, seed)
     images, labels = _image_folder_arrays(pairs, size)
     return _Source(tf.data.Dataset.from_tensor_slices((images, labels)), True, len(labels),
                    lambda x, s: pad_crop_flip(x, s, _pad_for(info)), lambda x: x, info)
@@ -580,7 +636,10 @@ def load(name: str, split: str, *, batch_size: int, training: bool | None = None
         batch_size: global batch size.
         training: shuffle and augment; defaults to `split == "train"`.
         data_dir: tfds data dir, or a folder holding the Fashion-MNIST IDX files.
-        max_examples: keep only the first N examples of the split (before shuffling).
+        max_examples: keep only N examples of the split (before shuffling): for image folders a
+            stratified subset drawn with `seed` (0 when None; see `stratified_indices`), whose
+            folders list examples class by class; for tfds sources and Fashion-MNIST the first
+            N, as those splits are already stored in shuffled order.
         seed: makes shuffling and augmentation reproducible; None draws one at random.
         image_size: network input size for imagenet2012 (224) and image folders (32).
         drop_remainder: drop the last partial batch; defaults to `training`.
@@ -592,7 +651,7 @@ def load(name: str, split: str, *, batch_size: int, training: bool | None = None
     _require_tensorflow("load() builds tf.data pipelines")
     training = split == "train" if training is None else training
     drop_remainder = training if drop_remainder is None else drop_remainder
-    src = _source(name, split, data_dir, image_size, max_examples)
+    src = _source(name, split, data_dir, image_size, max_examples, seed)
     mean, std, shape = src.info.mean, src.info.std, src.info.image_shape
 
     def finish(x, y):  # static shapes let Keras build the model from the dataset's spec
@@ -656,7 +715,8 @@ def load(name: str, split: str, *, batch_size: int, training: bool | None = None
 
 
 def _arrays(name: str, split: str, data_dir: str | None, image_size: int | None,
-            max_examples: int | None) -> tuple[np.ndarray, np.ndarray, DatasetInfo]:
+            max_examples: int | None, seed: int | None = None
+            ) -> tuple[np.ndarray, np.ndarray, DatasetInfo]:
     """A split's uint8 images and int32 labels, decoded once, with the dataset's facts."""
     kind = _canonical(name)
     if kind == "imagenet2012":
@@ -668,7 +728,7 @@ def _arrays(name: str, split: str, data_dir: str | None, image_size: int | None,
         if directory is not None:  # no TensorFlow needed
             images, labels = _fashion_mnist_arrays(split, directory)
             return images[:max_examples], labels[:max_examples], get_info(kind)
-    src = _source(name, split, data_dir, image_size, max_examples)
+    src = _source(name, split, data_dir, image_size, max_examples, seed)
     ds = src.dataset.take(max_examples) if max_examples is not None else src.dataset
     images, labels = [], []
     for x, y in ds.batch(4096).as_numpy_iterator():
@@ -791,7 +851,7 @@ def load_arrays(name: str, split: str, *, batch_size: int, training: bool | None
     """
     _check_load_args(split, batch_size, max_examples)
     training = split == "train" if training is None else training
-    images, labels, info = _arrays(name, split, data_dir, image_size, max_examples)
+    images, labels, info = _arrays(name, split, data_dir, image_size, max_examples, seed)
     seed = random.SystemRandom().getrandbits(62) if seed is None else int(seed)
     return ArrayDataset(images, labels, batch_size=batch_size, training=training,
                         mean=info.mean, std=info.std, pad=_pad_for(info), seed=seed,

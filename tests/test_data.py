@@ -176,6 +176,53 @@ def test_image_folder_loads(tmp_path):
     assert sorted(np.concatenate([y for _, y in train]).tolist()) == [0, 0, 0, 1, 1, 1, 2, 2, 2]
 
 
+def _labels(ds):
+    return np.concatenate([y for _, y in _batches(ds)]).tolist()
+
+
+def test_image_folder_subset_is_stratified_and_seeded(tmp_path):
+    """A subset of a class-ordered folder holds every class in proportion, not the first ones."""
+    root = _make_folder(tmp_path / "fruit", per_class=(6, 4))
+    name = f"image_folder:{root}"
+    test = _labels(data.load(name, "test", batch_size=8, image_size=8, max_examples=6))
+    assert sorted(test) == [0, 0, 1, 1, 2, 2]  # the first 6 files are 4 apples and 2 kiwis
+    assert data.class_counts(name, "test", max_examples=6) == {"apple": 2, "kiwi": 2, "plum": 2}
+    assert data.class_counts(name, "train") == {"apple": 6, "kiwi": 6, "plum": 6}
+    train = _labels(data.load(name, "train", batch_size=7, image_size=8, max_examples=7, seed=3))
+    assert sorted(np.bincount(train).tolist()) == [2, 2, 3]  # 7 of 3 x 6: largest remainder
+    arrays = data.load_arrays(name, "train", batch_size=7, image_size=8, max_examples=7, seed=3,
+                              training=False)
+    assert sorted(arrays[0][1].tolist()) == sorted(train)  # same subset on both pipelines
+
+
+def test_stratified_indices():
+    labels = np.repeat([0, 1, 2], [50, 30, 20])
+    index = data.stratified_indices(labels, 10, seed=5)
+    assert np.bincount(labels[index]).tolist() == [5, 3, 2]
+    assert len(set(index.tolist())) == 10 and np.all(np.diff(index) > 0)
+    np.testing.assert_array_equal(index, data.stratified_indices(labels, 10, seed=5))
+    others = {tuple(data.stratified_indices(labels, 10, seed=s)) for s in range(5)}
+    assert len(others) > 1  # the seed draws the members
+    np.testing.assert_array_equal(data.stratified_indices(labels, 500), np.arange(100))
+
+
+def test_image_folder_subset_independent_of_directory_order(tmp_path):
+    """Files created in another order give the same subset for the same seed."""
+    subsets = []
+    for order, folder in ((1, "a"), (-1, "b")):
+        root = tmp_path / folder
+        for cls in list(CLASS_COLOURS)[::order]:
+            for k in list(range(5))[::order]:
+                image = np.full((8, 8, 3), 40 * k, np.uint8)
+                _write_image(root / "train" / cls / f"img{k}.png", image)
+                _write_image(root / "test" / cls / f"img{k}.png", image)
+        ds = data.load(f"image_folder:{root}", "test", batch_size=16, image_size=8,
+                       max_examples=6, seed=1)
+        subsets.append(_batches(ds))
+    np.testing.assert_array_equal(subsets[0][0][0], subsets[1][0][0])
+    np.testing.assert_array_equal(subsets[0][0][1], subsets[1][0][1])
+
+
 def test_image_folder_grayscale_becomes_rgb(tmp_path):
     root = tmp_path / "g"
     for split in ("train", "test"):
