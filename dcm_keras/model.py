@@ -13,12 +13,18 @@ and the JAX backend.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import math
+import warnings
 from typing import List, Optional, Sequence, Union
 
 import keras
 import numpy as np
 from keras import ops
+# The one container type Keras's MonitorCallback looks into for metric directions (Keras
+# 3.15 has no public equivalent); see DCMMetrics.
+from keras.src.trainers.compile_utils import MetricsList
 
 from dcm_keras import connections as connections_lib
 from dcm_keras import losses as losses_lib
@@ -27,6 +33,7 @@ from dcm_keras.export import export_network as _export_network
 from dcm_keras.multi_worker import MultiWorkerFixes
 
 CE_NORMALIZATIONS = ("sum", "mean_per_network")
+_BETWEEN_NETWORKS = ("dense", "same_stage", "cross_stage", "final")
 KD_NORMALIZATIONS = ("sum", "mean_per_student")
 
 
@@ -102,10 +109,10 @@ class DCM(MultiWorkerFixes, keras.Model):
                   if hasattr(net, "input_shape")}
         if len(set(shapes.values())) > 1:
             raise ValueError(f"All networks must take the same input shape; got {shapes}.")
-        if not (isinstance(temperature, (int, float)) and temperature > 0):
-            raise ValueError(f"temperature must be a positive number, got {temperature!r}.")
-        if not (isinstance(kd_weight, (int, float)) and kd_weight >= 0):
-            raise ValueError(f"kd_weight must be a number >= 0, got {kd_weight!r}.")
+        if not (isinstance(temperature, (int, float)) and 0 < temperature < math.inf):
+            raise ValueError(f"temperature must be a finite positive number, got {temperature!r}.")
+        if not (isinstance(kd_weight, (int, float)) and 0 <= kd_weight < math.inf):
+            raise ValueError(f"kd_weight must be a finite number >= 0, got {kd_weight!r}.")
         if not (isinstance(kd_warmup_epochs, int) and kd_warmup_epochs >= 0):
             raise ValueError(f"kd_warmup_epochs must be an integer >= 0, got {kd_warmup_epochs!r}.")
         if ce_normalization not in CE_NORMALIZATIONS:
@@ -116,7 +123,6 @@ class DCM(MultiWorkerFixes, keras.Model):
                              f"Valid: {', '.join(KD_NORMALIZATIONS)}.")
 
         self.networks = networks
-        self.connections = connections
         self.temperature = float(temperature)
         self.kd_weight = float(kd_weight)
         self.kd_warmup_epochs = kd_warmup_epochs
@@ -130,26 +136,52 @@ class DCM(MultiWorkerFixes, keras.Model):
         self.head_ids = connections_lib.head_ids(heads)
         self.flat_heads = [h for net in self.head_ids for h in net]
         self.edges = connections_lib.resolve(connections, heads)
+        # An explicit edge list may be a one-shot iterator: keep (and serialise) what it held.
+        self.connections = connections if isinstance(connections, str) else list(self.edges)
+        if isinstance(connections, str) and not self.edges and connections in _BETWEEN_NETWORKS:
+            warnings.warn(f"DCM with one network and connections={connections!r} has no "
+                          "distillation edge: that preset connects heads of different networks. "
+                          "Use connections='none' (deep supervision) or 'dks' (between the "
+                          "heads of one network), or give two or more networks.", stacklevel=2)
         self._students, self._teachers, weights = connections_lib.edge_arrays(
             self.edges, self.flat_heads)
         self._edge_weights = self._normalized_edge_weights(weights)
         self._head_weights = self._normalized_head_weights()
 
-        self.ce_tracker = keras.metrics.Mean(name="ce_loss")
-        self.kd_tracker = keras.metrics.Mean(name="kd_loss")
-        self.wd_tracker = keras.metrics.Mean(name="wd_loss")
-        self.head_accuracies = [keras.metrics.SparseCategoricalAccuracy(name=f"{h}_acc")
-                                for h in self.flat_heads]
         final_heads = [net[-1] for net in self.head_ids] if self.top5 else []
-        self.top5_accuracies = [keras.metrics.SparseTopKCategoricalAccuracy(k=5, name=f"{h}_top5")
-                                for h in final_heads]
         self._top5_heads = final_heads
+        self.dcm_metrics = DCMMetrics(
+            [_loss_mean(n) for n in ("ce_loss", "kd_loss", "wd_loss")]
+            + [keras.metrics.SparseCategoricalAccuracy(name=f"{h}_acc") for h in self.flat_heads]
+            + [keras.metrics.SparseTopKCategoricalAccuracy(k=5, name=f"{h}_top5")
+               for h in final_heads], name="dcm_metrics")
         # A variable rather than a Python float, so a callback can change it between epochs
         # without retracing the train function, on every backend.
         self.kd_scale = self.add_weight(shape=(), initializer="ones", trainable=False,
                                         name="kd_scale")
         # Every network is already built (functional), so the DCM has all its variables.
         self.built = True
+
+    # The metric objects live in `dcm_metrics` only (one container, see DCMMetrics); these name them.
+    @property
+    def ce_tracker(self) -> keras.metrics.Mean:
+        return self.dcm_metrics.metrics[0]
+
+    @property
+    def kd_tracker(self) -> keras.metrics.Mean:
+        return self.dcm_metrics.metrics[1]
+
+    @property
+    def wd_tracker(self) -> keras.metrics.Mean:
+        return self.dcm_metrics.metrics[2]
+
+    @property
+    def head_accuracies(self) -> list:
+        return self.dcm_metrics.metrics[3:3 + len(self.flat_heads)]
+
+    @property
+    def top5_accuracies(self) -> list:
+        return self.dcm_metrics.metrics[3 + len(self.flat_heads):]
 
     # --- weights of the loss terms -------------------------------------------------------------
     def _normalized_edge_weights(self, weights: np.ndarray) -> np.ndarray:
@@ -191,18 +223,73 @@ class DCM(MultiWorkerFixes, keras.Model):
         if self.kd_warmup_epochs and not any(isinstance(c, KDWarmup) for c in callbacks):
             callbacks.append(KDWarmup())
         steps = validation.StepCounter()
-        history = super().fit(x, y, *args, callbacks=callbacks + [steps], **kwargs)
+        with self._refusals():
+            history = super().fit(x, y, *args, callbacks=callbacks + [steps], **kwargs)
         steps.check()
         return history
 
     def evaluate(self, x=None, y=None, *args, **kwargs):
         """`keras.Model.evaluate`, refusing in-memory labels outside `[0, num_classes)`."""
         self._check_data(x, y, "evaluation")
-        return super().evaluate(x, y, *args, **kwargs)
+        with self._refusals():
+            return super().evaluate(x, y, *args, **kwargs)
+
+    def predict(self, x, *args, **kwargs):
+        """`keras.Model.predict`, refusing images the networks cannot take before tracing."""
+        validation.check_images(validation.images_spec(x), self._image_spec)
+        with self._refusals():
+            return super().predict(x, *args, **kwargs)
+
+    def train_on_batch(self, x, y=None, *args, **kwargs):
+        self._check_data(x, y, "training")
+        with self._refusals():
+            return super().train_on_batch(x, y, *args, **kwargs)
+
+    def test_on_batch(self, x, y=None, *args, **kwargs):
+        self._check_data(x, y, "evaluation")
+        with self._refusals():
+            return super().test_on_batch(x, y, *args, **kwargs)
 
     def _check_data(self, x, y, what: str) -> None:
         validation.check_not_empty(x, what)
+        validation.check_images(validation.images_spec(x), self._image_spec)
         validation.check_label_values(y, self.num_classes, f"{what} labels")
+
+    @contextlib.contextmanager
+    def _refusals(self):
+        """Drops the step functions when a check refuses data while they are traced.
+
+        A refusal raised inside the first trace of a `tf.function` leaves that function
+        half-traced: its next trace, on correct data, would create the optimizer's variables on
+        a "non-first call" and fail. Fresh step functions trace from scratch.
+        """
+        kept = []
+        if keras.backend.backend() == "jax":
+            optimizer = getattr(self, "optimizer", None)
+            if optimizer is not None and not optimizer.built:
+                optimizer.build(self.trainable_variables)  # so that its values can be kept
+            kept = self._variable_values()
+        try:
+            yield
+        except validation.InputError:
+            self.train_function = self.test_function = self.predict_function = None
+            # Keras's JAX trainer detaches every variable's value while a step runs and
+            # re-attaches them only after one has run: a refusal in the first trace would leave
+            # the model without weights.
+            for variable, value in kept:
+                if getattr(variable, "_value", 0) is None:
+                    variable.assign(value)
+            for variable in self.metrics_variables:  # compiled metrics built during the trace
+                if getattr(variable, "_value", 0) is None:
+                    variable.assign(ops.zeros(variable.shape, variable.dtype))
+            raise
+
+    def _variable_values(self) -> list:
+        optimizer = getattr(self, "optimizer", None)
+        variables = (list(self.variables) + list(self.metrics_variables)
+                     + (list(optimizer.variables) if optimizer is not None else []))
+        unique = {id(v): v for v in variables}.values()
+        return [(v, v.value) for v in unique if getattr(v, "_value", None) is not None]
 
     def compile(self, optimizer="rmsprop", loss=None, **kwargs):
         """Like `keras.Model.compile`, without `loss`: DCM computes its own loss."""
@@ -226,7 +313,7 @@ class DCM(MultiWorkerFixes, keras.Model):
         if y_pred is None:
             y_pred = self(x, training=training)
         if y is None:
-            raise ValueError("DCM needs labels: feed (images, labels) pairs.")
+            raise validation.InputError("DCM needs labels: feed (images, labels) pairs.")
         validation.check_label_spec(y)  # static shape and dtype: trace time only
         ce, kd = losses_lib.dcm_loss(
             self.stacked_logits(y_pred), y, self._students, self._teachers, self._edge_weights,
@@ -287,6 +374,25 @@ class DCM(MultiWorkerFixes, keras.Model):
         config = copy.deepcopy(config)
         config["networks"] = [keras.saving.deserialize_keras_object(n) for n in config["networks"]]
         return cls(**config)
+
+
+class DCMMetrics(MetricsList):
+    """DCM's own metrics in the container Keras's monitoring callbacks search.
+
+    `ModelCheckpoint`, `EarlyStopping` and `ReduceLROnPlateau` with `mode="auto"` find a metric's
+    direction from its `_direction` ("up" on Keras's accuracy metrics, "down" on its loss-like
+    ones), but only for metrics inside a compiled-metrics container (`MetricsList`): a tracker held
+    directly by a model, the usual pattern for a custom `compute_loss`, is invisible to them.
+    """
+
+    def result(self):
+        return {m.name: m.result() for m in self.metrics}
+
+
+def _loss_mean(name: str) -> keras.metrics.Mean:
+    mean = keras.metrics.Mean(name=name)
+    mean._direction = "down"  # the attribute Keras's own loss metrics set (MeanMetricWrapper)
+    return mean
 
 
 def _scale_for_distribution(loss):

@@ -24,6 +24,10 @@ import keras
 import numpy as np
 
 
+class InputError(ValueError):
+    """Data that `DCM` refuses (a ValueError, so existing handlers still catch it)."""
+
+
 def _in_memory(value) -> Optional[np.ndarray]:
     """`value` as a NumPy array when it is in-memory data (not a dataset or a symbolic tensor)."""
     if value is None or isinstance(value, (dict, str, bytes)):
@@ -54,21 +58,21 @@ def check_label_values(labels, num_classes: int, what: str = "labels") -> None:
     if y.ndim != 1:
         hint = (" (one-hot labels? pass their argmax)" if y.ndim == 2 and y.shape[1] == num_classes
                 else "")
-        raise ValueError(f"DCM {what} must be class indices of shape (N,) or (N, 1); got shape "
+        raise InputError(f"DCM {what} must be class indices of shape (N,) or (N, 1); got shape "
                          f"{y.shape}{hint}.")
     if y.dtype.kind not in "iuf":
-        raise ValueError(f"DCM {what} must be integer class indices; got dtype {y.dtype}.")
+        raise InputError(f"DCM {what} must be integer class indices; got dtype {y.dtype}.")
     if y.dtype.kind == "f":
         non_integer = ~np.isfinite(y) | (y != np.round(np.nan_to_num(y)))
         if non_integer.any():
             i = int(np.argmax(non_integer))
-            raise ValueError(f"DCM {what} must be integer class indices; {what}[{i}] is {y[i]}.")
+            raise InputError(f"DCM {what} must be integer class indices; {what}[{i}] is {y[i]}.")
     bad = (y < 0) | (y >= num_classes)
     if bad.any():
         i = int(np.argmax(bad))
         values = np.unique(y[bad])
         shown = ", ".join(str(v.item()) for v in values[:5]) + (", ..." if len(values) > 5 else "")
-        raise ValueError(f"DCM {what} must lie in [0, {num_classes}) for {num_classes} classes; "
+        raise InputError(f"DCM {what} must lie in [0, {num_classes}) for {num_classes} classes; "
                          f"{int(bad.sum())} of {len(y)} do not (values {shown}; the first is "
                          f"{what}[{i}] = {y[i].item()}).")
 
@@ -77,7 +81,7 @@ def check_not_empty(x, what: str) -> None:
     """Refuses in-memory data with no example and a `tf.data.Dataset` known to be empty."""
     array = _in_memory(x)
     if array is not None and array.ndim >= 1 and len(array) == 0:
-        raise ValueError(f"The {what} data are empty (0 examples).")
+        raise InputError(f"The {what} data are empty (0 examples).")
     cardinality = getattr(x, "cardinality", None)
     if array is None and callable(cardinality) and type(x).__module__.startswith("tensorflow"):
         try:
@@ -85,7 +89,7 @@ def check_not_empty(x, what: str) -> None:
         except Exception:
             return
         if size == 0:
-            raise ValueError(f"The {what} dataset is empty (0 batches).")
+            raise InputError(f"The {what} dataset is empty (0 batches).")
 
 
 def image_spec(networks) -> Optional[Tuple[tuple, str]]:
@@ -99,20 +103,35 @@ def image_spec(networks) -> Optional[Tuple[tuple, str]]:
     return specs.pop() if len(specs) == 1 else None
 
 
+def images_spec(x):
+    """What `check_images` can look at for `fit`'s `x`: an array, or a dataset's image spec.
+
+    A `tf.data.Dataset` of `(images, labels)` gives the `TensorSpec` of its images; anything else
+    whose images cannot be seen without reading it (a generator, a PyDataset) gives None.
+    """
+    if hasattr(x, "shape") and hasattr(x, "dtype"):
+        return x
+    spec = getattr(x, "element_spec", None)
+    if isinstance(spec, (tuple, list)) and spec:
+        spec = spec[0]
+    return spec if hasattr(spec, "shape") and hasattr(spec, "dtype") else None
+
+
 def check_images(images, spec: Optional[Tuple[tuple, str]]) -> None:
     """Refuses a batch whose static shape or dtype does not fit the networks (trace time)."""
-    if spec is None or not hasattr(images, "shape") or not hasattr(images, "dtype"):
+    if spec is None or images is None or not hasattr(images, "shape") or not hasattr(
+            images, "dtype"):
         return
     shape, dtype = spec
     got = tuple(images.shape)
     expected = (None,) + shape
     if len(got) != len(expected) or any(
             a is not None and b is not None and a != b for a, b in zip(got[1:], shape)):
-        raise ValueError(f"DCM's networks take images of shape {expected} (batch first); got a "
+        raise InputError(f"DCM's networks take images of shape {expected} (batch first); got a "
                          f"batch of shape {got}.")
     got_dtype = keras.backend.standardize_dtype(images.dtype)
     if "float" in dtype and "float" not in got_dtype:
-        raise ValueError(f"DCM's networks take floating-point images ({dtype}), normalised as in "
+        raise InputError(f"DCM's networks take floating-point images ({dtype}), normalised as in "
                          f"training (dcm_keras.data does it); got {got_dtype} images, which Keras "
                          "would cast without normalising.")
 
@@ -124,10 +143,10 @@ def check_label_spec(labels) -> None:
     shape = tuple(labels.shape)
     dtype = keras.backend.standardize_dtype(labels.dtype)
     if len(shape) > 2 or (len(shape) == 2 and shape[1] not in (1, None)) or len(shape) == 0:
-        raise ValueError(f"DCM labels must be class indices of shape (batch,) or (batch, 1); got "
+        raise InputError(f"DCM labels must be class indices of shape (batch,) or (batch, 1); got "
                          f"shape {shape} (one-hot labels? pass their argmax).")
     if "int" not in dtype and "float" not in dtype:
-        raise ValueError(f"DCM labels must be integer class indices; got dtype {dtype}.")
+        raise InputError(f"DCM labels must be integer class indices; got dtype {dtype}.")
 
 
 class StepCounter(keras.callbacks.Callback):
@@ -143,6 +162,6 @@ class StepCounter(keras.callbacks.Callback):
 
     def check(self) -> None:
         if self.epochs and not self.steps:
-            raise ValueError("DCM.fit ran no training step: the training data yielded no batch "
+            raise InputError("DCM.fit ran no training step: the training data yielded no batch "
                              "(an empty dataset, or fewer examples than one batch with "
                              "drop_remainder=True).")

@@ -1,6 +1,7 @@
 """`DCM`: training, metrics, weight decay, frozen teachers, serialisation and input validation."""
 
 import json
+import warnings
 
 import keras
 import numpy as np
@@ -323,7 +324,7 @@ def test_edges_naming_missing_heads_list_valid_heads():
 
 
 def test_compile_with_loss_is_refused():
-    dcm = DCM([tiny_net("a")])
+    dcm = DCM([tiny_net("a")], connections="none")
     with pytest.raises(ValueError, match="DCM computes its own loss"):
         dcm.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
 
@@ -346,8 +347,8 @@ def test_subclassed_network_is_refused():
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    ({"temperature": 0.0}, "temperature must be a positive number"),
-    ({"kd_weight": -1.0}, "kd_weight must be a number >= 0"),
+    ({"temperature": 0.0}, "temperature must be a finite positive number"),
+    ({"kd_weight": -1.0}, "kd_weight must be a finite number >= 0"),
     ({"ce_normalization": "mean"}, "Unknown ce_normalization 'mean'"),
     ({"kd_normalization": "mean"}, "Unknown kd_normalization 'mean'"),
 ])
@@ -388,3 +389,86 @@ def test_kd_warmup_ramps_the_distillation_weight_per_epoch():
 def test_kd_warmup_must_be_a_non_negative_integer():
     with pytest.raises(ValueError, match="kd_warmup_epochs"):
         DCM([tiny_net("a"), tiny_net("b")], kd_warmup_epochs=-1)
+
+
+# --- refusals leave the model usable; what is refused up front --------------------------------
+
+class _Batches(keras.utils.PyDataset):
+    """One batch that `fit` cannot inspect before tracing (unlike arrays or a tf.data spec)."""
+
+    def __init__(self, *batch):
+        super().__init__()
+        self.batch = batch
+
+    def __len__(self):
+        return 1
+
+    def __getitem__(self, index):
+        return self.batch
+
+
+_X, _Y = features(n=16)
+REFUSALS = {
+    "uint8 images": ((_X * 10).astype("uint8"), _Y, "floating-point images"),
+    "uint8 images, traced": (_Batches((_X * 10).astype("uint8"), _Y), None,
+                             "floating-point images"),
+    "image shape": (_X[:, :5], _Y, r"shape \(None, 6\)"),
+    "image shape, traced": (_Batches(_X[:, :5], _Y), None, r"shape \(None, 6\)"),
+    "one-hot labels": (_X, np.eye(10, dtype="int32")[_Y], "one-hot"),
+    "one-hot labels, traced": (_Batches(_X, np.eye(10, dtype="int32")[_Y]), None, "one-hot"),
+    "label values": (_X, _Y + 10, r"must lie in \[0, 10\)"),
+    "no labels, traced": (_Batches(_X), None, "DCM needs labels"),
+    "empty": (_X[:0], _Y[:0], "empty"),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSALS))
+def test_a_refused_fit_leaves_the_model_trainable(case):
+    x, y, match = REFUSALS[case]
+    dcm = DCM([tiny_net("a"), tiny_net("b")])
+    dcm.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))  # has slot variables
+    with pytest.raises(ValueError, match=match):
+        dcm.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    history = dcm.fit(_X, _Y, epochs=2, batch_size=16, verbose=0).history
+    assert np.all(np.isfinite(history["loss"])) and history["loss"][1] < history["loss"][0]
+    assert np.isfinite(dcm.evaluate(_X, _Y, verbose=0, return_dict=True)["loss"])
+
+
+def test_a_refused_evaluate_or_predict_leaves_the_model_usable():
+    dcm = DCM([tiny_net("a"), tiny_net("b")])
+    dcm.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
+    with pytest.raises(ValueError, match="floating-point images"):
+        dcm.evaluate(_Batches((_X * 10).astype("uint8"), _Y), verbose=0)
+    with pytest.raises(ValueError, match="floating-point images"):
+        dcm.predict((_X * 10).astype("uint8"), verbose=0)
+    assert dcm.predict(_X, verbose=0)["net1_logits"].shape == (16, 10)
+    assert np.isfinite(dcm.evaluate(_X, _Y, verbose=0, return_dict=True)["loss"])
+    assert np.isfinite(dcm.fit(_X, _Y, epochs=1, batch_size=16, verbose=0).history["loss"][0])
+
+
+def test_edges_given_as_a_generator_are_kept_and_serialised():
+    edges = [("net1_logits", "net2_aux1", 0.5), ("net2_logits", "net1_logits", 2.0)]
+    dcm = DCM([tiny_net("a"), tiny_net("b")], connections=(e for e in edges))
+    config = dcm.get_config()
+    assert [tuple(e) for e in config["connections"]] == edges
+    clone = DCM.from_config(config)
+    assert [(e.student, e.teacher, e.weight) for e in clone.edges] == edges
+
+
+def test_one_network_with_a_between_networks_preset_warns():
+    with pytest.warns(UserWarning, match="no distillation edge"):
+        DCM([tiny_net("a")], connections="dense")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(DCM([tiny_net("a")], connections="dks").edges) == 2
+        DCM([tiny_net("a")], connections="none")
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"kd_weight": float("inf")}, "kd_weight must be a finite number"),
+    ({"kd_weight": float("nan")}, "kd_weight must be a finite number"),
+    ({"temperature": float("inf")}, "temperature must be a finite positive number"),
+])
+def test_non_finite_options_are_refused(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        DCM([tiny_net("a"), tiny_net("b")], **kwargs)
