@@ -89,6 +89,10 @@ def transfer_weights(source: keras.Model, target: keras.Model) -> int:
 from dcm_keras.networks import wrn  # noqa: E402,F401
 from dcm_keras.networks import mobilenet  # noqa: E402,F401
 from dcm_keras.networks import resnet  # noqa: E402,F401
+from dcm_keras.networks import applications  # noqa: E402,F401  ("keras:NAME")
+from dcm_keras.networks.heads import HeadedModel, attach_heads  # noqa: E402
+from dcm_keras.networks.weight_decay import WeightDecay, with_weight_decay  # noqa: E402
 
 __all__ = ["build", "list_networks", "register", "register_pattern", "transfer_weights",
+           "attach_heads", "with_weight_decay", "HeadedModel", "WeightDecay",
            "BN_MOMENTUM", "BN_EPSILON", "DEFAULT_WEIGHT_DECAY"]
