@@ -10,13 +10,29 @@ import keras
 from dcm_keras.connections import FINAL_HEAD
 
 
-def export_network(network: keras.Model, head: str = FINAL_HEAD) -> keras.Model:
+def export_network(network: keras.Model, head: str = FINAL_HEAD, *, preprocessing=None,
+                   precision: str = "float32") -> keras.Model:
     """A plain functional model from `network`'s input to one head's logits.
 
     Only the layers on the path to that head are kept, so a network trained with auxiliary heads
-    exports with exactly the parameters of the network without them. Weights are shared, not
-    copied. Logits are returned in float32 even when the network ran in mixed precision.
+    exports with exactly the parameters of the network without them. Logits are float32.
+
+    Args:
+        network: a functional network returning a dict of logits (or logits).
+        head: the head to export ("logits", or e.g. "aux1").
+        preprocessing: None exports the bare network, which takes normalised images. A
+            `dcm_keras.data.DatasetInfo` (what `data.get_info` returns) exports a model that takes
+            the dataset's raw pixel values (0-255) and normalises (and, for image folders,
+            resizes) them itself with stock Keras layers that also record mean, std, image shape
+            and class names (`dcm_keras.shipping`).
+        precision: "float32" (default) computes in float32 whatever policy the network trained
+            in (rebuilt, weights copied); "training" keeps its policy and shares its weights.
     """
+    from dcm_keras import shipping
+
+    if precision not in shipping.PRECISIONS:
+        raise ValueError(f"Unknown precision {precision!r}; valid: "
+                         f"{', '.join(shipping.PRECISIONS)}.")
     output = network.output
     if isinstance(output, dict):
         if head not in output:
@@ -29,7 +45,15 @@ def export_network(network: keras.Model, head: str = FINAL_HEAD) -> keras.Model:
     # `network.input` keeps the network's own input structure (a single tensor for the usual
     # one-input network); `network.inputs` would always be a list, which makes the exported
     # model expect `[images]` and gives its SavedModel a list-typed serving signature.
-    return keras.Model(inputs=network.input, outputs=output, name=name)
+    bare = keras.Model(inputs=network.input, outputs=output, name=name)
+    if precision == "float32":
+        bare = shipping.float32_network(bare)
+    if preprocessing is None:
+        return bare
+    return shipping.with_input_contract(
+        bare, mean=preprocessing.mean, std=preprocessing.std,
+        image_shape=preprocessing.image_shape, class_names=preprocessing.class_names,
+        resize=shipping.needs_resize(preprocessing))
 
 
 def _is_plain_functional(model: keras.Model) -> bool:
@@ -47,11 +71,16 @@ def stock_layers(model: keras.Model) -> keras.Model:
     """
     from dcm_keras.networks.common import BatchNormalization
 
-    if not _is_plain_functional(model) or not any(
-            type(layer) is BatchNormalization for layer in model.layers):
+    def holds_bn(m):
+        return any(type(layer) is BatchNormalization
+                   or (_is_plain_functional(layer) and holds_bn(layer)) for layer in m.layers)
+
+    if not _is_plain_functional(model) or not holds_bn(model):
         return model
 
     def stock(layer):
+        if _is_plain_functional(layer):
+            return stock_layers(layer)  # a nested network, e.g. behind an input contract
         if type(layer) is not BatchNormalization:
             return layer  # shared, as in `model`
         twin = keras.layers.BatchNormalization.from_config(layer.get_config())
@@ -100,13 +129,20 @@ def load_network(path: str) -> keras.Model:
     import dcm_keras.model  # noqa: F401  (registers DCM)
 
     try:
-        return keras.saving.load_model(path, safe_mode=True)
+        model = keras.saving.load_model(path, safe_mode=True)
     except ValueError as error:  # e.g. safe_mode refusing a Lambda layer: Keras's words suffice
         raise ValueError(f"{path} cannot be loaded: {error}") from None
     except (TypeError, KeyError, AttributeError, IndexError, OSError) as error:
         # A foreign or damaged config (an unknown class, a missing field, bad weights).
         raise ValueError(f"{path} is not a loadable Keras model ({type(error).__name__}: "
                          f"{error}).") from None
+    if _is_plain_functional(model):
+        # Keras 3.15's ONNX export refuses a model that was never called, even a functional one
+        # whose input signature it knows; a symbolic call (no computation) lets
+        # `model.export(path, format="onnx")` work as loaded.
+        model(keras.tree.map_structure(lambda t: keras.KerasTensor(t.shape, t.dtype),
+                                       model.input))
+    return model
 
 
 def export_saved_model(model: keras.Model, path: str) -> str:

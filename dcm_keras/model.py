@@ -348,9 +348,15 @@ class DCM(MultiWorkerFixes, keras.Model):
         raise ValueError(f"Unknown network {network!r}: give an index in "
                          f"[0, {len(self.networks)}) or one of {', '.join(names)}.")
 
-    def export_network(self, network: Union[int, str] = 0) -> keras.Model:
-        """The deployable network: input -> final logits, sharing the trained weights, no aux heads."""
-        return _export_network(self.networks[self.network_index(network)])
+    def export_network(self, network: Union[int, str] = 0, *, preprocessing=None,
+                       precision: str = "float32") -> keras.Model:
+        """The deployable network: input -> final logits, no auxiliary heads.
+
+        `preprocessing=data.get_info(...)` makes it take raw pixel values; it computes in float32
+        unless `precision="training"` (see `dcm_keras.export_network`).
+        """
+        return _export_network(self.networks[self.network_index(network)],
+                               preprocessing=preprocessing, precision=precision)
 
     # --- serialisation -------------------------------------------------------------------------
     def get_config(self):

@@ -1,0 +1,157 @@
+"""Shipped networks: raw-pixel input contract, float32 exports, TFLite and ONNX conversion."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+
+import dcm_keras
+from backend_helpers import to_numpy
+from dcm_keras import DCM, networks
+from dcm_keras.data import DatasetInfo
+
+IMAGE = (8, 8, 3)
+INFO = DatasetInfo(name="toy", num_classes=10, image_shape=IMAGE, num_train=16, num_test=16,
+                   mean=(0.49, 0.48, 0.45), std=(0.25, 0.24, 0.26),
+                   class_names=("T-shirt/top", "a.b", "zwölf", "x>y", "5", "6", "7", "8", "9",
+                                "10"))
+
+
+def _trained(policy):
+    """A DCM pair trained two steps under `policy` (then the global policy is float32 again)."""
+    keras.utils.set_random_seed(0)
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        nets = [networks.build("wrn_10_1", 10, input_shape=IMAGE) for _ in range(2)]
+        dcm = DCM(nets)
+        dcm.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
+        x, y = _normalised(_pixels(16)), np.arange(16, dtype="int32") % 10
+        dcm.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    return dcm
+
+
+def _pixels(n, seed=1):
+    return np.random.default_rng(seed).integers(0, 256, (n,) + IMAGE).astype("uint8")
+
+
+def _normalised(pixels):
+    return ((pixels.astype("float32") / 255 - np.float32(INFO.mean))
+            / np.float32(INFO.std)).astype("float32")
+
+
+@pytest.fixture(scope="module", params=["float32", "mixed_bfloat16"])
+def trained(request):
+    return request.param, _trained(request.param)
+
+
+def _policies(model):
+    return {layer.dtype_policy.name for layer in model._flatten_layers(include_self=False)}
+
+
+def test_raw_pixel_export_matches_the_normalised_network(trained, tmp_path):
+    policy, dcm = trained
+    shipped = dcm.export_network(0, preprocessing=INFO)
+    bare = dcm.export_network(0)
+    assert _policies(shipped) == _policies(bare) == {"float32"}  # whatever the training policy
+    pixels = _pixels(4)
+    expected = to_numpy(bare(_normalised(pixels), training=False))
+    np.testing.assert_allclose(to_numpy(shipped(pixels, training=False)), expected, rtol=1e-5,
+                               atol=1e-5)
+    if policy == "mixed_bfloat16":  # the float32 export is not the bf16 graph's arithmetic
+        kept = dcm.export_network(0, precision="training")
+        assert "mixed_bfloat16" in _policies(kept)
+        assert not np.allclose(to_numpy(kept(_normalised(pixels))), expected, atol=1e-5)
+
+    path = str(tmp_path / "net1.keras")
+    dcm_keras.save_network(shipped, path)
+    loaded = dcm_keras.load_network(path)
+    contract = dcm_keras.input_contract(loaded)
+    assert contract["class_names"] == list(INFO.class_names)
+    assert contract["image_shape"] == list(IMAGE) and contract["resize"] is False
+    np.testing.assert_allclose(contract["mean"], INFO.mean, rtol=1e-6)
+    np.testing.assert_allclose(contract["std"], INFO.std, rtol=1e-6)
+    np.testing.assert_allclose(to_numpy(loaded(pixels, training=False)), expected, rtol=1e-4,
+                               atol=1e-5)
+    assert dcm_keras.input_contract(bare) is None
+
+
+def test_contract_loads_without_dcm_keras(trained, tmp_path):
+    """Keras alone loads the file, reads mean/std from it and maps raw uint8 pixels to logits."""
+    _, dcm = trained
+    path = str(tmp_path / "net2.keras")
+    shipped = dcm.export_network("net2", preprocessing=INFO)
+    dcm_keras.save_network(shipped, path)
+    np.save(tmp_path / "pixels.npy", _pixels(4))
+    script = textwrap.dedent(f"""
+        import sys, keras, numpy as np
+        model = keras.saving.load_model({path!r}, safe_mode=True)
+        assert not any(name.startswith("dcm_keras") for name in sys.modules)
+        normalize = model.get_layer("normalize")  # x * (1 / std) - mean / std
+        std = 1 / np.asarray(normalize.scale)
+        print((-np.asarray(normalize.offset) * std).tolist(), std.tolist())
+        np.save({str(tmp_path / "out.npy")!r}, keras.ops.convert_to_numpy(
+            model(np.load({str(tmp_path / "pixels.npy")!r}), training=False)))
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            cwd=tmp_path, env={**os.environ, "PYTHONPATH": ""}, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    mean, std = eval(result.stdout.strip().splitlines()[-1].replace("] [", "], ["))  # noqa: S307
+    np.testing.assert_allclose(mean, INFO.mean, rtol=1e-6)
+    np.testing.assert_allclose(std, INFO.std, rtol=1e-6)
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy"),
+                               to_numpy(shipped(_pixels(4), training=False)), rtol=1e-4,
+                               atol=1e-5)
+
+
+@pytest.mark.requires_tensorflow("TFLite conversion")
+def test_tflite_conversion_matches_keras(trained, tmp_path):
+    import tensorflow as tf
+
+    _, dcm = trained
+    path = str(tmp_path / "net1.keras")
+    dcm_keras.save_network(dcm.export_network(0, preprocessing=INFO), path)
+    model = dcm_keras.load_network(path)
+    flatbuffer = tf.lite.TFLiteConverter.from_keras_model(model).convert()
+    interpreter = tf.lite.Interpreter(model_content=flatbuffer)
+    pixels = _pixels(4).astype("float32")
+    runner = interpreter.get_signature_runner()
+    (got,) = runner(**{interpreter.get_signature_list()["serving_default"]["inputs"][0]:
+                       pixels}).values()
+    expected = to_numpy(model(pixels, training=False))
+    assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
+
+
+def test_onnx_export_of_a_loaded_network(trained, tmp_path):
+    # Keras converts through tf2onnx under TensorFlow and jax2onnx under JAX (the .[onnx] extra).
+    pytest.importorskip("tf2onnx" if keras.backend.backend() == "tensorflow" else "jax2onnx")
+    onnxruntime = pytest.importorskip("onnxruntime")
+    _, dcm = trained
+    path = str(tmp_path / "net1.keras")
+    dcm_keras.save_network(dcm.export_network(0, preprocessing=INFO), path)
+    model = dcm_keras.load_network(path)
+    model.export(str(tmp_path / "net1.onnx"), format="onnx", verbose=False)  # never called
+    session = onnxruntime.InferenceSession(str(tmp_path / "net1.onnx"))
+    pixels = _pixels(4).astype("float32")
+    (got,) = session.run(None, {session.get_inputs()[0].name: pixels})
+    expected = to_numpy(model(pixels, training=False))
+    assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
+
+
+def test_bad_export_arguments(trained):
+    _, dcm = trained
+    with pytest.raises(ValueError, match=r"Unknown precision 'half'; valid: float32, training"):
+        dcm.export_network(0, precision="half")
+    bad = DatasetInfo(name="toy", num_classes=10, image_shape=IMAGE, num_train=1, num_test=1,
+                      mean=(0.5, 0.5), std=(0.2, 0.2))
+    with pytest.raises(ValueError, match=r"mean and std need 1 or 3 values"):
+        dcm.export_network(0, preprocessing=bad)
+    other = DatasetInfo(name="toy", num_classes=10, image_shape=(28, 28, 1), num_train=1,
+                        num_test=1, mean=(0.5,), std=(0.2,))
+    with pytest.raises(ValueError, match=r"takes images of shape \(8, 8, 3\), not \(28, 28, 1\)"):
+        dcm.export_network(0, preprocessing=other)
