@@ -5,14 +5,18 @@ Kept free of TensorFlow imports so `compare.py` can read results without paying 
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
 import json
 import math
 import os
 import platform
+import re
+import shutil
 import statistics
 import tempfile
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 # method -> (auxiliary heads?, connections preset). The paper's Table 1 names.
 METHODS: Dict[str, Tuple[bool, str]] = {
@@ -34,6 +38,14 @@ LOG_DIR = "logs"
 PLOT_FILE = "test_error.png"
 # Flags that locate things rather than define the experiment: a resumed run may change them.
 NOT_IDENTITY = ("model_dir", "data_dir", "overwrite")
+# Every flag of experiments/train.py, in definition order: what flags.json records, a resume
+# compares, and a comparison config's `train_flags` may set (less what compare.py sets per run).
+RUN_FLAGS = ("method", "connections", "nets", "dataset", "data_dir", "image_size", "epochs",
+             "batch_size", "lr", "lr_boundaries", "lr_decay", "momentum", "weight_decay",
+             "temperature", "kd_weight", "kd_warmup_epochs", "ce_normalization",
+             "kd_normalization", "precision", "jit_compile", "distribute", "model_dir",
+             "seed", "deterministic", "max_train_examples", "max_test_examples", "eval_every",
+             "overwrite")
 
 
 def read_json(path: str) -> Optional[dict]:
@@ -46,25 +58,68 @@ def read_json(path: str) -> Optional[dict]:
     return value if isinstance(value, dict) else None
 
 
-def write_json(path: str, value) -> None:
-    """Writes JSON atomically, so a kill never leaves a truncated file behind.
+@contextlib.contextmanager
+def replacing(path: str) -> Iterator[str]:
+    """Yields a new temporary path beside `path`; once the caller has written it, moves it there.
 
-    The temporary file gets a fresh name (created with O_EXCL, so a symlink planted under the
-    name is never followed), and `os.replace` swaps the result in: a link at `path` itself is
-    replaced, not written through.
+    Every file the scripts write goes through here, so a kill never leaves a truncated file and a
+    symbolic link planted at `path` at any moment is replaced, never written through: the
+    temporary file gets a fresh random name (created with O_EXCL, which follows no link) and
+    `os.replace` swaps it in. It keeps `path`'s extension, by which savefig and Keras choose the
+    format. On an error the temporary file is removed and `path` is left as it was.
     """
     directory, base = os.path.split(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp", dir=directory)
+    stem, ext = os.path.splitext(base)
+    if base.endswith(".weights.h5"):
+        stem, ext = base[:-len(".weights.h5")], ".weights.h5"
+    fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=f".tmp{ext}", dir=directory)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(value, f, indent=2, sort_keys=False, default=_json_default)
-            f.write("\n")
+        yield tmp
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         if os.path.lexists(tmp):
             os.remove(tmp)
         raise
+
+
+def remove_stale_temporaries(directory: str, names: List[str]) -> None:
+    """Removes the temporary files that `replacing` made for `names` and a killed process left."""
+    patterns = []
+    for name in names:
+        stem, ext = os.path.splitext(name)
+        if name.endswith(".weights.h5"):
+            stem, ext = name[:-len(".weights.h5")], ".weights.h5"
+        patterns.append(re.compile(rf"\.{re.escape(stem)}\.[A-Za-z0-9_]{{8}}\.tmp{re.escape(ext)}"))
+    for entry in os.scandir(directory):
+        if entry.is_file(follow_symlinks=False) or entry.is_symlink():
+            if any(p.fullmatch(entry.name) for p in patterns):
+                os.remove(entry.path)
+
+
+def write_text(path: str, text: str) -> None:
+    """Writes a text file atomically (see `replacing`)."""
+    with replacing(path) as tmp:
+        with open(tmp, "w") as f:
+            f.write(text)
+
+
+def write_json(path: str, value) -> None:
+    """Writes JSON atomically, so a kill never leaves a truncated file behind (see `replacing`)."""
+    write_text(path, json.dumps(value, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def check_free_space(directory: str, needed: int, what: str) -> None:
+    """Raises OSError(ENOSPC) with a clear message when `directory` has less than `needed` bytes.
+
+    Checked before large writes: HDF5 reacts to a full disk with a storm of errors and can crash
+    the process, and a failed write is better refused before it starts.
+    """
+    free = shutil.disk_usage(directory).free
+    if free < needed:
+        raise OSError(errno.ENOSPC, f"not enough disk space for {what}: it needs about "
+                      f"{needed / 2**20:.1f} MiB and {directory} has {free / 2**20:.1f} MiB free")
 
 
 def _json_default(value):

@@ -101,6 +101,12 @@ flags.DEFINE_bool("no_train", False, "Train nothing: tabulate only the runs alre
 FLAGS = flags.FLAGS
 
 
+# What compare.py sets for each run; a config may set only the other run flags of train.py
+# (an allow-list: `flagfile`, say, could otherwise point a run at another --model_dir).
+PER_RUN = ("method", "nets", "seed", "model_dir", "overwrite")
+TRAIN_FLAGS = tuple(f for f in common.RUN_FLAGS if f not in PER_RUN)
+
+
 def load_config(preset: str, config_path: Optional[str], methods: Optional[Sequence[str]],
                 seeds: Optional[Sequence[str]], epochs: Optional[int],
                 max_train_examples: Optional[int]) -> dict:
@@ -134,9 +140,14 @@ def load_config(preset: str, config_path: Optional[str], methods: Optional[Seque
                          f"{', '.join(common.METHODS)}.")
     if "baseline" not in config["methods"]:
         print("note: no baseline among the methods; the time multiple column is left empty.")
-    for key in ("method", "nets", "seed", "model_dir", "overwrite"):
-        if key in config["train_flags"]:
+    if not isinstance(config["train_flags"], dict):
+        raise ValueError("train_flags must be a JSON object of experiments.train flags.")
+    for key in config["train_flags"]:
+        if key in PER_RUN:
             raise ValueError(f"train_flags may not set {key!r}: the comparison sets it per run.")
+        if key not in TRAIN_FLAGS:
+            raise ValueError(f"train_flags may not set {key!r}: it is not a run flag of "
+                             f"experiments.train. Valid: {', '.join(TRAIN_FLAGS)}.")
     if not all(isinstance(s, int) and not isinstance(s, bool) for s in config["seeds"]):
         raise ValueError(f"Seeds must be integers, got {config['seeds']!r}.")
     # They become folder names under --work_dir: nothing may lead out of it.
@@ -199,7 +210,10 @@ def run_one(directory: str, train_flags: Dict[str, object], shared: bool = False
         # TensorFlow otherwise reserves nearly all GPU memory for the first run, and the runs
         # started beside it fail to allocate theirs.
         env.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
-    with open(os.path.join(directory, "train.log"), "a") as log:
+    # O_NOFOLLOW: a link planted at train.log since the check above is refused, not followed.
+    fd = os.open(os.path.join(directory, "train.log"),
+                 os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "a") as log:
         log.write(f"$ {' '.join(argv)}\n")
         log.flush()
         with _live_lock:
@@ -403,7 +417,8 @@ def plot(config: dict, rows: List[dict], path: str) -> None:
         ax.legend(fontsize=8)
     fig.suptitle(f"{config['name']}: mean ± std over {len(config['seeds'])} seeds")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with common.replacing(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
 
 
@@ -534,8 +549,7 @@ def compare(config: dict, work_dir: str, jobs: int = 1, no_train: bool = False) 
                      "(missing_runs in table.json).")
     rows = summarize(config, results)
     table = markdown_table(config, rows, notes)
-    with open(os.path.join(out_dir, "table.md"), "w") as f:
-        f.write(table)
+    common.write_text(os.path.join(out_dir, "table.md"), table)
     common.write_json(os.path.join(out_dir, "table.json"), {
         "config": config, "rows": rows, "vs_baseline": versus_baseline(config, rows),
         "failed_runs": failed, "missing_runs": missing,
@@ -565,7 +579,7 @@ def main(argv: List[str]) -> None:
         config = load_config(FLAGS.preset, FLAGS.config, FLAGS.methods, FLAGS.seeds,
                              FLAGS.epochs, FLAGS.max_train_examples)
         failures = compare(config, FLAGS.work_dir, jobs=FLAGS.jobs, no_train=FLAGS.no_train)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:
         sys.exit(f"error: {common.one_line(e)}")
     if failures:
         sys.exit(f"error: {failures} run(s) failed; see their train.log.")

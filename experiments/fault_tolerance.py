@@ -45,6 +45,9 @@ import time
 from typing import Optional
 
 import keras
+import numpy as np
+
+from experiments import common
 
 METADATA_FILE = "training_metadata.json"
 LEGACY_WEIGHTS_FILE = "latest.weights.h5"  # what keras.callbacks.BackupAndRestore writes
@@ -193,8 +196,19 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
         tmp = os.path.join(directory, f".tmp.{os.getpid()}.{name}")
         if os.path.lexists(tmp):
             os.remove(tmp)
-        self.model.save_weights(tmp, overwrite=True)
-        _fsync(tmp)
+        variables = list(self.model.weights) + list(getattr(self.model.optimizer, "variables", []))
+        size = sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in variables)
+        # HDF5 meets a full disk with a storm of errors and can crash the process: refuse first.
+        # The margin covers HDF5's per-dataset overhead and the metadata file.
+        common.check_free_space(directory, int(size * 1.1) + len(variables) * 4096 + 2**20,
+                                f"the checkpoint of epoch {epoch}")
+        try:
+            self.model.save_weights(tmp, overwrite=True)
+            _fsync(tmp)
+        except BaseException:
+            if os.path.lexists(tmp):
+                os.remove(tmp)
+            raise
         os.replace(tmp, final)
         debug_pause("checkpoint", epoch)
         _write_atomically(os.path.join(directory, METADATA_FILE),

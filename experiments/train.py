@@ -65,7 +65,9 @@ flags.DEFINE_string("connections", None,
                     "cross_stage, final, dks, none) or a JSON list of [student, teacher, weight] "
                     "edges over heads net{k}_{head}, e.g. '[[\"net1_logits\",\"net2_logits\",1]]'.")
 flags.DEFINE_list("nets", ["wrn_28_10", "wrn_28_10"],
-                  "Comma-separated networks trained together (see dcm_keras.networks).")
+                  "Comma-separated networks trained together (see dcm_keras.networks), or "
+                  "keras.applications classifiers as keras:NAME (e.g. keras:MobileNetV3Small), "
+                  "built from scratch with the paper's kind of heads (networks.attach_heads).")
 flags.DEFINE_string("dataset", "cifar100",
                     "cifar10, cifar100, fashion_mnist, imagenet2012 or image_folder:PATH.")
 flags.DEFINE_string("data_dir", None, "Dataset location (tfds data_dir or an IDX folder).")
@@ -115,12 +117,7 @@ flags.DEFINE_bool("overwrite", False, "Replace a run with different flags in --m
 flags.mark_flag_as_required("model_dir")
 
 # Every flag above, in definition order: what flags.json records and a resume compares.
-RUN_FLAGS = ("method", "connections", "nets", "dataset", "data_dir", "image_size", "epochs",
-             "batch_size", "lr", "lr_boundaries", "lr_decay", "momentum", "weight_decay",
-             "temperature", "kd_weight", "kd_warmup_epochs", "ce_normalization",
-             "kd_normalization", "precision", "jit_compile", "distribute", "model_dir",
-             "seed", "deterministic", "max_train_examples", "max_test_examples", "eval_every",
-             "overwrite")
+RUN_FLAGS = common.RUN_FLAGS
 FLAGS = flags.FLAGS
 
 
@@ -137,8 +134,8 @@ def user_errors():
     try:
         yield
     # RuntimeError: the data module's "could not prepare tfds dataset ..." (no internet).
-    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,
-            RuntimeError) as e:
+    # OSError: a --model_dir that cannot be written (read-only, full).
+    except (ValueError, OSError, RuntimeError) as e:
         raise UserError(common.one_line(e)) from e
 
 
@@ -159,6 +156,8 @@ def parse_connections(text: Optional[str]):
         edges = _json(text, "--connections")
         if not isinstance(edges, list):
             raise ValueError("--connections JSON must be a list of [student, teacher, weight].")
+        for k, edge in enumerate(edges):
+            _check_edge(edge, k)
         return edges
     from dcm_keras.connections import PRESETS  # imports TensorFlow: only when needed
 
@@ -166,6 +165,28 @@ def parse_connections(text: Optional[str]):
         raise ValueError(f"Unknown --connections {text!r}. Valid: {', '.join(PRESETS)}, or a "
                          "JSON list of [student, teacher, weight] edges.")
     return text
+
+
+def _check_edge(edge, k: int) -> None:
+    """Refuses an edge of `--connections` JSON that is not [student, teacher(, weight)]."""
+    where = f"--connections edge {k + 1} ({json.dumps(edge)})"
+    if isinstance(edge, dict):
+        unknown = sorted(set(edge) - {"student", "teacher", "weight"})
+        if unknown or "student" not in edge or "teacher" not in edge:
+            raise ValueError(f"{where} must have the keys student, teacher and optionally "
+                             "weight" + (f", not {', '.join(unknown)}" if unknown else "") + ".")
+        edge = [edge["student"], edge["teacher"]] + ([edge["weight"]] if "weight" in edge else [])
+    if not isinstance(edge, list) or len(edge) not in (2, 3):
+        raise ValueError(f"{where} must be [student, teacher] or [student, teacher, weight].")
+    if not all(isinstance(head, str) and head for head in edge[:2]):
+        raise ValueError(f"{where}: student and teacher must be head names such as "
+                         "\"net1_logits\".")
+    if len(edge) == 3:
+        weight = edge[2]
+        if (not isinstance(weight, (int, float)) or isinstance(weight, bool)
+                or not math.isfinite(weight) or weight < 0):
+            raise ValueError(f"{where}: the weight must be a finite number >= 0, got "
+                             f"{json.dumps(weight)}.")
 
 
 def parse_boundaries(values: List[str]) -> List[int]:
@@ -363,15 +384,22 @@ def epoch_stats_callback():
     return EpochStats()
 
 
-def _clear_run(model_dir: str) -> None:
-    """Removes the files a run writes (and nothing else a user may keep there)."""
+def _clear_run(model_dir: str, previous: dict) -> None:
+    """Removes the files the replaced run wrote, and nothing else a user keeps there.
+
+    `previous` is that run's flags.json: its networks tell which `netK.keras` files it exported.
+    """
     for name in (common.BACKUP_DIR, common.LOG_DIR):
         shutil.rmtree(os.path.join(model_dir, name), ignore_errors=True)
-    for name in os.listdir(model_dir):
-        if (name in (common.FLAGS_FILE, common.FLAGFILE, common.RESULTS_FILE, common.HISTORY_FILE,
-                     common.PLOT_FILE)
-                or (name.startswith("net") and name.endswith(".keras"))):
-            os.remove(os.path.join(model_dir, name))
+    nets = previous.get("nets")
+    count = len(nets) if isinstance(nets, list) else 0
+    names = [common.FLAGS_FILE, common.FLAGFILE, common.RESULTS_FILE, common.HISTORY_FILE,
+             common.PLOT_FILE] + [f"net{k + 1}.keras" for k in range(count)]
+    for name in names:
+        path = os.path.join(model_dir, name)
+        if os.path.lexists(path):
+            os.remove(path)
+    common.remove_stale_temporaries(model_dir, names)
 
 
 def _check_workers_agree(strategy, epoch: int, restore_dir: str) -> None:
@@ -402,13 +430,16 @@ def _written_paths(num_nets: int) -> List[str]:
 def _deployable(run: dict, k: int):
     """Network k's deployable model (no auxiliary heads), always with plain BatchNormalization.
 
+    It takes the dataset's raw pixel values and normalises them itself, and computes in float32
+    whatever --precision trained it (`dcm_keras.export_network`, `dcm_keras.shipping`).
+
     A multi-replica run trains with synchronised BN layers; those are rebuilt as ordinary ones
     (same weights) so that the exported file does not depend on tf.distribute, which Keras's
     synchronised BN needs to be loaded under another backend.
     """
     dcm = run["dcm"]
     if not run["synchronized_bn"]:
-        return dcm.export_network(k)
+        return dcm.export_network(k, preprocessing=run["info"])
     from dcm_keras import export_network, networks
 
     config, info, trained = run["config"], run["info"], run["nets"][k]
@@ -416,7 +447,7 @@ def _deployable(run: dict, k: int):
                            aux_heads=common.METHODS[run["method"]][0],
                            weight_decay=float(config["weight_decay"]), synchronized_bn=False)
     plain.set_weights(trained.get_weights())
-    return export_network(plain)
+    return export_network(plain, preprocessing=info)
 
 
 def _save_model_atomically(model, path: str) -> str:
@@ -424,12 +455,9 @@ def _save_model_atomically(model, path: str) -> str:
     from dcm_keras import save_network
 
     directory, base = os.path.split(path)
-    for name in os.listdir(directory):  # left behind by a process killed while saving
-        if name.startswith(".tmp.") and name.endswith(f".{base}"):
-            os.remove(os.path.join(directory, name))
-    tmp = os.path.join(directory, f".tmp.{os.getpid()}.{base}")
-    save_network(model, tmp, overwrite=True)
-    os.replace(tmp, path)
+    common.remove_stale_temporaries(directory, [base])  # left by a process killed while saving
+    with common.replacing(path) as tmp:
+        save_network(model, tmp, overwrite=True)
     return path
 
 
@@ -465,8 +493,32 @@ def plot_test_error(history: List[dict], network_heads: Dict[str, Tuple[str, Lis
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with common.replacing(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
+
+
+def history_logger(path: str):
+    """Keras's `CSVLogger` (appending), refusing to open its file through a symbolic link.
+
+    It keeps the file open for the whole run, so the check right before it opens (and the
+    comparison of what it opened with what is at `path`) covers a link planted after start-up.
+    """
+    import keras
+
+    class HistoryLogger(keras.callbacks.CSVLogger):
+        def on_train_begin(self, logs=None):
+            directory = os.path.dirname(os.path.abspath(path))
+            common.check_no_symlinks(directory, os.path.basename(path))
+            super().on_train_begin(logs)
+            opened = os.fstat(self.csv_file.fileno())
+            there = os.lstat(path)
+            if (opened.st_dev, opened.st_ino) != (there.st_dev, there.st_ino):
+                self.csv_file.close()
+                raise ValueError(f"{path} changed while it was opened (a link planted there?); "
+                                 "refusing to write through it.")
+
+    return HistoryLogger(path, append=True)
 
 
 def train(config: Dict[str, object]) -> int:
@@ -486,6 +538,11 @@ def train(config: Dict[str, object]) -> int:
 
         try:
             return _fit_and_report(run, process_start)
+        except OSError as e:  # a full disk or a folder that became unwritable
+            kept = committed_epoch(run["restore_dir"])
+            backup = (f"the backup of epoch {kept} in {run['restore_dir']} is intact: re-running "
+                      "this command resumes from it" if kept else "no epoch had been backed up")
+            raise UserError(f"{common.one_line(e)}; {backup}.") from e
         except NonFiniteLoss as e:
             kept = committed_epoch(run["restore_dir"])
             backup = (f"the backup of epoch {kept} in {run['restore_dir']} is kept (re-running "
@@ -511,7 +568,12 @@ def _prepare(config: Dict[str, object], scratch: List[str]) -> Optional[dict]:
     elif connections not in ("none", "dks") and len(config["nets"]) < 2:
         raise ValueError(f"--method={method} distils between networks; give at least two --nets "
                          "(e.g. --nets=wrn_16_2,wrn_16_2).")
-    parse_boundaries(list(config["lr_boundaries"]))  # fail before anything is written
+    boundaries = parse_boundaries(list(config["lr_boundaries"]))  # fails before any write
+    late = [b for b in boundaries if b >= int(config["epochs"])]
+    if late:
+        print(f"note: --lr_boundaries {','.join(map(str, late))} are not below --epochs="
+              f"{config['epochs']}: the learning rate never drops at "
+              f"{'them' if len(late) > 1 else 'it'}.", flush=True)
     common.check_data_dir(config["data_dir"])
     task: Tuple[str, int, bool, int] = ("chief", 0, True, 1)
     if config["distribute"] == "multi_worker":
@@ -626,10 +688,9 @@ def _prepare(config: Dict[str, object], scratch: List[str]) -> Optional[dict]:
     os.makedirs(out_dir, exist_ok=True)
     if chief:
         if replace:
-            _clear_run(model_dir)
+            _clear_run(model_dir, previous)
         common.write_json(flags_path, config)
-        with open(os.path.join(model_dir, common.FLAGFILE), "w") as f:
-            f.write(flagfile_text())
+        common.write_text(os.path.join(model_dir, common.FLAGFILE), flagfile_text())
     return dict(config=config, model_dir=model_dir, out_dir=out_dir, backup=backup,
                 restore_dir=restore_dir, task=task, synchronized_bn=synchronized_bn,
                 chief=chief, method=method, info=info, dcm=dcm, nets=nets,
@@ -642,6 +703,7 @@ def _fit_and_report(run: dict, process_start: float) -> int:
     """Trains from the last finished epoch, then exports networks and writes results."""
     import keras
 
+    from dcm_keras import data, shipping
     from experiments.fault_tolerance import StopOnNonFiniteLoss, debug_pause
 
     config, dcm, model_dir, out_dir = run["config"], run["dcm"], run["model_dir"], run["out_dir"]
@@ -654,7 +716,7 @@ def _fit_and_report(run: dict, process_start: float) -> int:
         epoch_stats_callback(),
         # Logged before the backup is taken: a kill in between re-runs (and re-logs) the epoch
         # rather than losing its row; read_history keeps the last row of each epoch.
-        keras.callbacks.CSVLogger(history_path, append=True),
+        history_logger(history_path),
         # Raises at the first non-finite batch loss, before the epoch (and its backup) ends.
         StopOnNonFiniteLoss(),
         # Restored in _prepare; kept after training and removed only once results.json is
@@ -733,14 +795,26 @@ def _fit_and_report(run: dict, process_start: float) -> int:
         "method": run["method"],
         "connections": [[e.student, e.teacher, e.weight] for e in dcm.edges],
         "dataset": {"name": info.name, "num_classes": info.num_classes,
-                    "image_shape": list(info.image_shape), "train_examples": run["num_train"],
-                    "test_examples": run["num_test"]},
+                    "image_shape": list(info.image_shape), "mean": list(info.mean),
+                    "std": list(info.std), "train_examples": run["num_train"],
+                    "test_examples": run["num_test"],
+                    **({"classes": list(info.class_names)} if info.class_names else {}),
+                    # Examples per class actually used (None where only a pass over the data
+                    # could tell: tfds sources).
+                    "train_class_counts": data.class_counts(
+                        str(config["dataset"]), "train", data_dir=config["data_dir"],
+                        max_examples=config["max_train_examples"], seed=int(config["seed"])),
+                    "test_class_counts": data.class_counts(
+                        str(config["dataset"]), "test", data_dir=config["data_dir"],
+                        max_examples=config["max_test_examples"])},
         "backend": run["backend"],
         "precision": run["precision"],
         "replicas": run["strategy"].num_replicas_in_sync,
         "workers": run["task"][3],
         "synchronized_bn": run["synchronized_bn"],
         "networks": nets_summary,
+        # What net1.keras, ... take: raw pixels, normalised inside (see dcm_keras.shipping).
+        "export": {**shipping.describe(info), "precision": "float32"},
         "epochs": epochs,
         "steps_per_epoch": run["steps_per_epoch"],
         "resumed_at_epoch": initial_epoch,
