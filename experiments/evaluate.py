@@ -4,6 +4,9 @@ r"""Top-1 / top-5 error of an exported network (a `.keras` file written by `expe
         [--output=net1_eval.json]
 
 The model is loaded with `safe_mode=True`; it must map images to logits (no auxiliary heads).
+Both forms work: a network that takes raw pixel values and normalises them itself (what
+`experiments.train` exports; `dcm_keras.input_contract` describes it), which is fed the dataset's
+raw pixels, and a bare network, which is fed normalised images.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ def evaluate(model_path: str, dataset: str, split: str = "test", data_dir: Optio
     """
     import tensorflow as tf
 
-    from dcm_keras import data, load_network
+    from dcm_keras import data, input_contract, load_network
 
     common.check_data_dir(data_dir)
     info = data.get_info(dataset, data_dir=data_dir, image_size=image_size)
@@ -50,7 +53,10 @@ def evaluate(model_path: str, dataset: str, split: str = "test", data_dir: Optio
     if isinstance(model.output, (dict, list, tuple)):
         raise ValueError(f"{model_path} has several outputs; evaluate a deployable network "
                          "(net1.keras, as exported by experiments.train), not a DCM model.")
+    contract = input_contract(model)
     input_shape, classes = tuple(model.input_shape[1:]), int(model.output.shape[-1])
+    if contract is not None:  # raw pixels in; what it normalises is the network's shape
+        input_shape = tuple(contract["image_shape"])
     if input_shape != tuple(info.image_shape):
         raise ValueError(f"{model_path} takes images of shape {input_shape}, {dataset} gives "
                          f"{tuple(info.image_shape)} (set --image_size?).")
@@ -61,8 +67,14 @@ def evaluate(model_path: str, dataset: str, split: str = "test", data_dir: Optio
                    max_examples=max_examples, image_size=image_size)
     k = min(5, classes)
 
+    mean, std = tf.constant(info.mean, tf.float32), tf.constant(info.std, tf.float32)
+
     @tf.function
     def counts(images, labels):
+        if contract is not None:
+            # The pipeline's images are normalised integers: undoing it and rounding gives back
+            # the exact raw pixel values.
+            images = tf.clip_by_value(tf.round((images * std + mean) * 255.0), 0.0, 255.0)
         logits = tf.cast(model(images, training=False), tf.float32)
         labels = tf.cast(labels, tf.int32)
         top1 = tf.reduce_sum(tf.cast(tf.math.in_top_k(labels, logits, 1), tf.int64))
@@ -83,6 +95,7 @@ def evaluate(model_path: str, dataset: str, split: str = "test", data_dir: Optio
         "dataset": dataset,
         "split": split,
         "examples": total,
+        "input": "normalized" if contract is None else "pixels",
         "top1_error": 100.0 * (1 - correct1 / total),
         "top5_error": 100.0 * (1 - correct5 / total) if classes > 5 else None,
         "params": int(model.count_params()),

@@ -1,0 +1,66 @@
+"""A run's net1.keras takes raw pixels: a process without dcm_keras gets the reported test error."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from cli_helpers import describe, run
+
+pytestmark = pytest.mark.requires_tensorflow("experiment scripts are tested on TensorFlow")
+
+FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
+TEST_EXAMPLES = 300
+
+
+@pytest.mark.skipif(not os.path.exists(f"{FASHION_MNIST}/t10k-images-idx3-ubyte.gz"),
+                    reason="dataset-fashion-mnist not installed")
+def test_bf16_run_ships_a_float32_raw_pixel_network(tmp_path):
+    model_dir = tmp_path / "run"
+    result = run("train", "--method=dcm", "--nets=wrn_10_1,wrn_10_1", "--dataset=fashion_mnist",
+                 "--epochs=1", "--batch_size=64", "--max_train_examples=512", "--lr=0.05",
+                 f"--max_test_examples={TEST_EXAMPLES}", "--precision=mixed_bfloat16",
+                 f"--model_dir={model_dir}")
+    assert result.returncode == 0, describe(result)
+    results = json.loads((model_dir / "results.json").read_text())
+    assert results["precision"] == "mixed_bfloat16"
+    assert results["dataset"]["mean"] == pytest.approx([0.2860406])
+    assert results["export"]["input"] == "pixels" and results["export"]["precision"] == "float32"
+    reported = results["networks"]["net1"]["test_error"]["logits"]
+
+    script = textwrap.dedent(f"""
+        import gzip, json, sys
+        import keras, numpy as np
+        def idx(name):
+            with gzip.open({FASHION_MNIST!r} + "/" + name) as f:
+                data = f.read()
+            dims = data[3]
+            shape = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(dims)]
+            return np.frombuffer(data, np.uint8, offset=4 + 4 * dims).reshape(shape)
+        images = idx("t10k-images-idx3-ubyte.gz")[:{TEST_EXAMPLES}, :, :, None]  # raw uint8
+        labels = idx("t10k-labels-idx1-ubyte.gz")[:{TEST_EXAMPLES}]
+        model = keras.saving.load_model({str(model_dir / "net1.keras")!r}, safe_mode=True)
+        assert not any(name.startswith("dcm_keras") for name in sys.modules)
+        policies = sorted({{l.dtype_policy.name for l in model._flatten_layers()}})
+        logits = model.predict(images, batch_size=100, verbose=0)
+        error = 100.0 * float(np.mean(logits.argmax(-1) != labels))
+        print(json.dumps({{"error": error, "policies": policies}}))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         cwd=tmp_path, env={**os.environ, "PYTHONPATH": ""}, timeout=180)
+    assert out.returncode == 0, out.stderr[-2000:]
+    shipped = json.loads(out.stdout.strip().splitlines()[-1])
+    assert shipped["policies"] == ["float32"]
+    # Training evaluated in bfloat16, the file computes in float32: a few borderline images may
+    # change class, nothing more (raw pixels into a bare network gave 77 % against 33 %).
+    assert abs(shipped["error"] - reported) <= 1.0, (shipped["error"], reported)
+
+    evaluation = run("evaluate", f"--model={model_dir / 'net1.keras'}", "--dataset=fashion_mnist",
+                     f"--max_examples={TEST_EXAMPLES}", f"--output={tmp_path / 'eval.json'}")
+    assert evaluation.returncode == 0, describe(evaluation)
+    evaluated = json.loads((tmp_path / "eval.json").read_text())
+    assert evaluated["input"] == "pixels"
+    assert evaluated["top1_error"] == pytest.approx(shipped["error"], abs=1e-9)
