@@ -358,6 +358,17 @@ class DCM(MultiWorkerFixes, keras.Model):
         return _export_network(self.networks[self.network_index(network)],
                                preprocessing=preprocessing, precision=precision)
 
+    def summary(self, print_fn=None, expand_nested: bool = False, **kwargs) -> None:
+        """Each network as net1, net2, ... with its heads and parameters, then the KD edges.
+
+        `expand_nested=True` also prints Keras's layer-by-layer summary (other arguments go to it).
+        """
+        from dcm_keras.summary import print_summary
+
+        print_summary(self, print_fn)
+        if expand_nested:
+            super().summary(print_fn=print_fn, expand_nested=True, **kwargs)
+
     # --- serialisation -------------------------------------------------------------------------
     def get_config(self):
         return {

@@ -1,0 +1,37 @@
+"""test_error.png: every head distinguishable, the legend clear of the curves."""
+
+import itertools
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from experiments import train  # noqa: E402
+
+
+def test_each_head_has_its_own_style_and_the_legend_is_outside(tmp_path, monkeypatch):
+    heads = ["aux1", "aux2", "logits"]
+    history = [{"epoch": e, **{f"val_net{k}_{h}_acc": 0.5 + 0.01 * e + 0.1 * i
+                               for k in (1, 2) for i, h in enumerate(heads)}} for e in range(5)]
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)  # keep the figure to inspect it
+    path = tmp_path / "test_error.png"
+    train.plot_test_error(history, {"net1": ("wrn_10_1", heads), "net2": ("wrn_10_1", heads)},
+                          str(path), "dcm")
+    assert path.is_file()
+    (fig,) = figures
+    (ax,) = fig.axes
+    lines = ax.get_lines()
+    assert len(lines) == 6
+    looks = [(line.get_color(), str(line.get_linestyle()), line.get_marker()) for line in lines]
+    assert len(set(looks)) == 6, looks
+    # Within a network, heads differ by line style and marker, not by colour alone.
+    for a, b in itertools.combinations(lines[:3], 2):
+        assert (a.get_linestyle(), a.get_marker()) != (b.get_linestyle(), b.get_marker())
+    fig.canvas.draw()
+    legend = ax.get_legend().get_window_extent()
+    assert not legend.overlaps(ax.get_window_extent())
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        "net1 aux1", "net1 aux2", "net1 (wrn_10_1)", "net2 aux1", "net2 aux2", "net2 (wrn_10_1)"]
+    plt.close(fig)
