@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import zipfile
 
 import keras
@@ -96,14 +97,28 @@ def save_network(model: keras.Model, path: str, overwrite: bool = False) -> str:
     """Saves a model to a `.keras` file, refusing to replace an existing file unless asked.
 
     A plain functional model (e.g. from `export_network`) is saved with Keras's own layers only
-    (`stock_layers`), so `keras.saving.load_model` reads it without importing `dcm_keras`.
+    (`stock_layers`), so `keras.saving.load_model` reads it without importing `dcm_keras`. The
+    file is written under a new temporary name in the same folder and renamed into place: a kill
+    never leaves a truncated file, and a symbolic link at `path` is replaced, not written through.
     """
     path = os.fspath(path)
     if not path.endswith(".keras"):
         raise ValueError(f"Model files must end in .keras, got {path!r}.")
-    if os.path.exists(path) and not overwrite:
-        raise FileExistsError(f"{path} already exists; refusing to overwrite it.")
-    stock_layers(model).save(path, overwrite=True)
+    if os.path.lexists(path) and not overwrite:
+        raise FileExistsError(f"{path} already exists; refusing to overwrite it (pass "
+                              "overwrite=True to replace it).")
+    directory, base = os.path.split(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{base[:-len('.keras')]}.", suffix=".tmp.keras",
+                               dir=directory)
+    os.close(fd)
+    try:
+        stock_layers(model).save(tmp, overwrite=True)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.lexists(tmp):
+            os.remove(tmp)
+        raise
     return path
 
 

@@ -3,7 +3,9 @@ r"""Top-1 / top-5 error of an exported network (a `.keras` file written by `expe
     python -m experiments.evaluate --model=runs/dcm/net1.keras --dataset=cifar100 [--split=test] \
         [--output=net1_eval.json]
 
-The model is loaded with `safe_mode=True`; it must map images to logits (no auxiliary heads).
+The model is loaded with `safe_mode=True`. It is a deployable network mapping images to logits, or
+a whole `DCM` (e.g. what `keras.callbacks.ModelCheckpoint` saved), whose networks are each
+evaluated on their final head.
 Both forms work: a network that takes raw pixel values and normalises them itself (what
 `experiments.train` exports; `dcm_keras.input_contract` describes it), which is fed the dataset's
 raw pixels, and a bare network, which is fed normalised images.
@@ -45,63 +47,74 @@ def evaluate(model_path: str, dataset: str, split: str = "test", data_dir: Optio
     """
     import tensorflow as tf
 
-    from dcm_keras import data, input_contract, load_network
+    from dcm_keras import DCM, data, input_contract, load_network
 
     common.check_data_dir(data_dir)
     info = data.get_info(dataset, data_dir=data_dir, image_size=image_size)
     model = load_network(model_path)
-    if isinstance(model.output, (dict, list, tuple)):
+    # A whole DCM (what keras.callbacks.ModelCheckpoint saves): evaluate each of its networks.
+    if isinstance(model, DCM):
+        named = {f"net{k + 1}": model.export_network(k) for k in range(len(model.networks))}
+    elif isinstance(model.output, (dict, list, tuple)):
         raise ValueError(f"{model_path} has several outputs; evaluate a deployable network "
-                         "(net1.keras, as exported by experiments.train), not a DCM model.")
-    contract = input_contract(model)
-    input_shape, classes = tuple(model.input_shape[1:]), int(model.output.shape[-1])
-    if contract is not None:  # raw pixels in; what it normalises is the network's shape
-        input_shape = tuple(contract["image_shape"])
-    if input_shape != tuple(info.image_shape):
-        raise ValueError(f"{model_path} takes images of shape {input_shape}, {dataset} gives "
-                         f"{tuple(info.image_shape)} (set --image_size?).")
-    if classes != info.num_classes:
-        raise ValueError(f"{model_path} predicts {classes} classes, {dataset} has "
-                         f"{info.num_classes}.")
+                         "(net1.keras, as exported by experiments.train) or a whole DCM.")
+    else:
+        named = {"network": model}
+    contracts = {name: input_contract(net) for name, net in named.items()}
+    for name, net in named.items():
+        input_shape, classes = tuple(net.input_shape[1:]), int(net.output.shape[-1])
+        if contracts[name] is not None:  # raw pixels in; what it normalises is the network's shape
+            input_shape = tuple(contracts[name]["image_shape"])
+        if input_shape != tuple(info.image_shape):
+            raise ValueError(f"{model_path} takes images of shape {input_shape}, {dataset} gives "
+                             f"{tuple(info.image_shape)} (set --image_size?).")
+        if classes != info.num_classes:
+            raise ValueError(f"{model_path} predicts {classes} classes, {dataset} has "
+                             f"{info.num_classes}.")
     ds = data.load(dataset, split, batch_size=batch_size, training=False, data_dir=data_dir,
                    max_examples=max_examples, image_size=image_size)
+    classes = info.num_classes
     k = min(5, classes)
 
     mean, std = tf.constant(info.mean, tf.float32), tf.constant(info.std, tf.float32)
 
     @tf.function
     def counts(images, labels):
-        if contract is not None:
-            # The pipeline's images are normalised integers: undoing it and rounding gives back
-            # the exact raw pixel values.
-            images = tf.clip_by_value(tf.round((images * std + mean) * 255.0), 0.0, 255.0)
-        logits = tf.cast(model(images, training=False), tf.float32)
         labels = tf.cast(labels, tf.int32)
-        top1 = tf.reduce_sum(tf.cast(tf.math.in_top_k(labels, logits, 1), tf.int64))
-        topk = tf.reduce_sum(tf.cast(tf.math.in_top_k(labels, logits, k), tf.int64))
-        return top1, topk
+        # The pipeline's images are normalised integers: undoing it and rounding gives back
+        # the exact raw pixel values, for networks that take them.
+        pixels = tf.clip_by_value(tf.round((images * std + mean) * 255.0), 0.0, 255.0)
+        out = {}
+        for name, net in named.items():
+            inputs = images if contracts[name] is None else pixels
+            logits = tf.cast(net(inputs, training=False), tf.float32)
+            out[name] = (tf.reduce_sum(tf.cast(tf.math.in_top_k(labels, logits, 1), tf.int64)),
+                         tf.reduce_sum(tf.cast(tf.math.in_top_k(labels, logits, k), tf.int64)))
+        return out
 
     start = time.perf_counter()
-    total = correct1 = correct5 = 0
+    total = 0
+    correct = {name: [0, 0] for name in named}
     for images, labels in ds:
-        top1, topk = counts(images, labels)
-        correct1 += int(top1)
-        correct5 += int(topk)
+        for name, (top1, topk) in counts(images, labels).items():
+            correct[name][0] += int(top1)
+            correct[name][1] += int(topk)
         total += int(labels.shape[0])
     if total == 0:
         raise ValueError(f"{dataset} {split} split has no examples.")
-    return {
-        "model": os.path.abspath(model_path),
-        "dataset": dataset,
-        "split": split,
-        "examples": total,
-        "input": "normalized" if contract is None else "pixels",
-        "top1_error": 100.0 * (1 - correct1 / total),
-        "top5_error": 100.0 * (1 - correct5 / total) if classes > 5 else None,
-        "params": int(model.count_params()),
-        "seconds": time.perf_counter() - start,
-        "versions": common.versions(),
-    }
+    scores = {name: {
+        "input": "normalized" if contracts[name] is None else "pixels",
+        "top1_error": 100.0 * (1 - correct[name][0] / total),
+        "top5_error": 100.0 * (1 - correct[name][1] / total) if classes > 5 else None,
+        "params": int(net.count_params())} for name, net in named.items()}
+    result = {"model": os.path.abspath(model_path), "dataset": dataset, "split": split,
+              "examples": total}
+    if isinstance(model, DCM):
+        result["networks"] = scores
+    else:
+        result.update(scores["network"])
+    result.update({"seconds": time.perf_counter() - start, "versions": common.versions()})
+    return result
 
 
 def main(argv: List[str]) -> None:
@@ -112,10 +125,12 @@ def main(argv: List[str]) -> None:
                           FLAGS.image_size, FLAGS.batch_size, FLAGS.max_examples)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         sys.exit(f"error: {common.one_line(e)}")
-    top5 = ("" if result["top5_error"] is None
-            else f", top-5 error {result['top5_error']:.2f}%")
-    print(f"{FLAGS.model} on {FLAGS.dataset} {FLAGS.split} ({result['examples']} images): "
-          f"top-1 error {result['top1_error']:.2f}%{top5}", flush=True)
+    for name, score in result.get("networks", {"": result}).items():
+        top5 = ("" if score["top5_error"] is None
+                else f", top-5 error {score['top5_error']:.2f}%")
+        print(f"{FLAGS.model}{' ' + name if name else ''} on {FLAGS.dataset} {FLAGS.split} "
+              f"({result['examples']} images): top-1 error {score['top1_error']:.2f}%{top5}",
+              flush=True)
     if FLAGS.output:
         os.makedirs(os.path.dirname(os.path.abspath(FLAGS.output)), exist_ok=True)
         common.write_json(FLAGS.output, result)

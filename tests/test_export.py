@@ -104,6 +104,19 @@ def test_save_and_load_network(dcm, images, tmp_path):
         dcm_keras.save_network(exported, str(tmp_path / "net1.h5"))
 
 
+def test_save_network_replaces_a_link_and_leaves_no_temporary(dcm, tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep")
+    link = tmp_path / "net1.keras"
+    link.symlink_to(victim)
+    with pytest.raises(FileExistsError):  # a dangling or live link counts as a file
+        dcm_keras.save_network(dcm.export_network(0), str(link))
+    dcm_keras.save_network(dcm.export_network(0), str(link), overwrite=True)
+    assert victim.read_text() == "keep" and not link.is_symlink()
+    assert dcm_keras.load_network(str(link)).count_params() == dcm.export_network(0).count_params()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["net1.keras", "victim.txt"]
+
+
 def test_load_network_rejects_bad_files(dcm, tmp_path):
     good = str(tmp_path / "good.keras")
     dcm_keras.save_network(dcm.export_network(0), good)

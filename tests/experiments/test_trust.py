@@ -213,3 +213,32 @@ def test_a_full_disk_keeps_the_last_checkpoint_and_a_rerun_resumes(tmp_path, sma
         assert not [p.name for p in model_dir.iterdir() if ".tmp" in p.name]
     finally:
         _umount(disk)
+
+
+# --- evaluate.py on what keras.callbacks.ModelCheckpoint writes -------------------------------
+
+
+def test_evaluate_scores_every_network_of_a_whole_dcm_file(tmp_path, small_folder):
+    import keras
+    import numpy as np
+
+    from cli_helpers import describe, run
+    from dcm_keras import DCM, data, networks
+
+    keras.utils.set_random_seed(3)
+    dcm = DCM([networks.build("wrn_10_1", 3, input_shape=(8, 8, 3)) for _ in range(2)])
+    dcm.compile(optimizer="sgd")
+    path = tmp_path / "best.keras"
+    dcm.save(path)
+    output = tmp_path / "eval.json"
+    result = run("evaluate", f"--model={path}", f"--dataset=image_folder:{small_folder}",
+                 "--image_size=8", f"--output={output}", timeout=TIMEOUT)
+    assert result.returncode == 0, describe(result)
+    scores = json.loads(output.read_text())["networks"]
+    test = data.load(f"image_folder:{small_folder}", "test", batch_size=64, image_size=8)
+    images, labels = next(iter(test))
+    predicted = dcm.predict(images, verbose=0)
+    for k in (1, 2):
+        wrong = np.mean(np.argmax(predicted[f"net{k}_logits"], -1) != labels.numpy())
+        assert scores[f"net{k}"]["top1_error"] == pytest.approx(100 * wrong, abs=1e-3)
+        assert f"best.keras net{k} on image_folder" in result.stdout
