@@ -28,7 +28,7 @@ data:
 
 # The whole suite under TensorFlow, then the core library tests again under JAX.
 CORE_TESTS := tests/test_losses.py tests/test_model.py tests/test_export.py tests/test_connections.py \
-              tests/test_data_arrays.py
+              tests/test_data_arrays.py tests/test_callbacks.py tests/test_shipping.py tests/test_summary.py
 
 test: venv data
 	KERAS_BACKEND=tensorflow TF_CPP_MIN_LOG_LEVEL=3 $(PY) -m pytest -q tests

@@ -121,8 +121,9 @@ def input_contract(model: keras.Model) -> Optional[Dict[str, object]]:
     if "normalize" not in names or "rescale" not in names:
         return None
     norm = names["normalize"]
-    std = [1.0 / float(s) for s in _floats(norm.scale)]
-    mean = [-float(o) * s for o, s in zip(_floats(norm.offset), std)]
+    scale = _floats(norm.scale)
+    std = [_tidy(1.0 / s) for s in scale]
+    mean = [_tidy(-o / s) for o, s in zip(_floats(norm.offset), scale)]
     classes = next((n[len(CLASS_NAMES_PREFIX):] for n in names
                     if n.startswith(CLASS_NAMES_PREFIX)), None)
     network = model.layers[-1]
@@ -139,6 +140,11 @@ def input_contract(model: keras.Model) -> Optional[Dict[str, object]]:
 
 def _floats(value) -> list:
     return [float(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
+
+
+def _tidy(x: float) -> float:
+    # Undoes the last-bit noise of 1/(1/std) and offset*std; float32 arithmetic is far coarser.
+    return float(f"{x:.10g}")
 
 
 def describe(info) -> Dict[str, object]:
