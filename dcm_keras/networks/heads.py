@@ -122,10 +122,15 @@ class _Graph:
 def _stage_outputs(graph: _Graph) -> List[int]:
     """The last cut at each spatial resolution (a merge if any), the final stage's excluded.
 
-    Padding layers are passed over: they grow the resolution just before a strided layer.
+    Padding layers are passed over: they grow the resolution just before a strided layer. So is
+    what follows a global pooling: MobileNetV3's 1x1 classifier convolutions are no stage.
     """
-    spatial = [(p, graph.shape(p)[1:3]) for p in graph.cuts() if len(graph.shape(p)) == 4
-               and not isinstance(graph.steps[p][0], keras.layers.ZeroPadding2D)]
+    pools = (keras.layers.GlobalAveragePooling2D, keras.layers.GlobalMaxPooling2D)
+    cuts = graph.cuts()  # a pooling inside a block (squeeze-excitation) is not one
+    pooled = [p for p in cuts if isinstance(graph.steps[p][0], pools)]
+    spatial = [(p, graph.shape(p)[1:3]) for p in cuts if len(graph.shape(p)) == 4
+               and not isinstance(graph.steps[p][0], keras.layers.ZeroPadding2D)
+               and p < min(pooled, default=len(graph.steps))]
     ends, run = [], []
     for (p, size), (_, after) in zip(spatial, spatial[1:]):
         run.append(p)

@@ -84,11 +84,7 @@ def with_weight_decay(model: keras.Model, weight_decay: float) -> keras.Model:
     if isinstance(model, HeadedModel):
         clone = HeadedModel.from_config({**model.get_config(), "weight_decay": weight_decay})
     elif isinstance(model, Functional):
-        clone = _clone(model, weight_decay, wrap=set())
-        undecayed = {layer.name for layer in _leaf_layers(clone)
-                     if any(v.regularizer is None for v in layer.trainable_weights)}
-        if undecayed and weight_decay:  # a second pass wraps the layers configs cannot reach
-            clone = _clone(model, weight_decay, wrap=undecayed)
+        clone = _clone(model, weight_decay)
     else:
         raise ValueError(f"with_weight_decay needs a functional model; {model.name!r} is "
                          f"{type(model).__name__} (subclassed models have no layer graph).")
@@ -96,22 +92,16 @@ def with_weight_decay(model: keras.Model, weight_decay: float) -> keras.Model:
     return clone
 
 
-def _leaf_layers(model: keras.Model):
-    for layer in model.layers:
-        if isinstance(layer, Functional):
-            yield from _leaf_layers(layer)
-        else:
-            yield layer
-
-
-def _clone(model: keras.Model, weight_decay: float, wrap: set) -> keras.Model:
+def _clone(model: keras.Model, weight_decay: float) -> keras.Model:
     def clone_layer(layer):
         if isinstance(layer, Functional):
-            return _clone(layer, weight_decay, wrap)
+            return _clone(layer, weight_decay)
         if not isinstance(layer, keras.layers.Layer) or not layer.weights:
             return type(layer).from_config(layer.get_config())
         fresh = _configured(layer, weight_decay)
-        if layer.name in wrap or isinstance(layer, WeightDecay) and weight_decay:
+        # Built now (it would be at its first call anyway) to see which weights the config missed.
+        fresh.build_from_config(layer.get_build_config())
+        if weight_decay and any(v.regularizer is None for v in fresh.trainable_weights):
             return WeightDecay(fresh, weight_decay)
         return fresh
 

@@ -1,5 +1,8 @@
 """attach_heads and with_weight_decay on keras.applications, keras-hub and our own networks."""
 
+import pathlib
+import re
+
 import keras
 import numpy as np
 import pytest
@@ -213,19 +216,30 @@ def test_bad_models_and_branch_points_are_refused():
         networks.attach_heads(Sub())
 
 
-def test_registry_builds_keras_applications_by_name():
+def test_registry_builds_keras_applications_by_name(apps):
     net = networks.build("keras:MobileNetV3Small", 10, input_shape=(28, 28, 1))  # below 32x32
     assert list(net.output) == ["aux1", "aux2", "logits"] and net.weight_decay == 5e-4
-    plain = networks.build("keras:EfficientNetB0", 10, input_shape=(28, 28, 1), aux_heads=False,
-                           weight_decay=0)
+    assert tuple(net(np.zeros((2, 28, 28, 1)))["aux1"].shape) == (2, 10)
+    plain = networks.build("keras:EfficientNetB0", CLASSES, input_shape=(28, 28, 3),
+                           aux_heads=False, weight_decay=0)
     assert list(plain.output) == ["logits"]
     assert not any(isinstance(l, (keras.layers.Rescaling, keras.layers.Normalization))
                    for l in plain.layers)
-    reference = keras.applications.EfficientNetB0(weights=None, input_shape=(32, 32, 1),
-                                                  classes=10)
-    assert _count(plain) == _count(reference)
+    assert _count(plain) == _count(apps("EfficientNetB0"))  # the stock model, 32x32x3
     with pytest.raises(ValueError, match="Unknown keras.applications model 'Nope'.*"
                                          "keras:MobileNetV3Small"):
         networks.build("keras:Nope", 10)
     assert "keras:NAME" in networks.list_networks()
     assert "MobileNetV3Small" in application_names()
+
+
+def test_readme_your_own_backbone_example_runs():
+    readme = pathlib.Path(__file__).resolve().parents[2] / "README.md"
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", readme.read_text(), flags=re.S)
+              if "attach_heads" in b]
+    assert len(blocks) == 1
+    namespace = {}
+    exec(blocks[0], namespace)  # noqa: S102 - our own README
+    dcm = namespace["dcm"]
+    assert all(net == ["aux1", "aux2", "logits"] for net in dcm.heads)
+    assert len(dcm.edges) == 18 and dcm.compiled
