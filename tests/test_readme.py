@@ -1,12 +1,16 @@
 """The README's Python example runs as written."""
 
+import json
 import os
 import pathlib
 import re
 import subprocess
 import sys
+import zipfile
 
 import pytest
+
+from dcm_keras import data
 
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 FASHION_MNIST = "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"
@@ -26,13 +30,17 @@ def test_readme_has_python_examples():
 def test_readme_api_example_runs(tmp_path):
     script = tmp_path / "example.py"
     script.write_text(_python_blocks()[0])
+    # What a second run finds: the first run's file. The example must replace it, not fail.
+    (tmp_path / "net1.keras").write_bytes(b"left by an earlier run")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     result = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     accuracy = float(result.stdout.strip().splitlines()[-1])
     assert 0.0 <= accuracy <= 1.0
-    assert (tmp_path / "net1.keras").is_file()
+    assert zipfile.is_zipfile(tmp_path / "net1.keras")  # the earlier file was replaced
+    mean = json.loads(result.stdout.strip().splitlines()[-2])
+    assert mean == pytest.approx(data.FASHION_MNIST_MEAN, rel=1e-9)  # the contract travelled
 
 
 def test_readme_byo_network_example_builds():
