@@ -123,7 +123,7 @@ def check_images(images, spec: Optional[Tuple[tuple, str]]) -> None:
             images, "dtype"):
         return
     shape, dtype = spec
-    got = tuple(images.shape)
+    got = (None,) + tuple(images.shape)[1:]  # an array's length is not the batch size
     expected = (None,) + shape
     if len(got) != len(expected) or any(
             a is not None and b is not None and a != b for a, b in zip(got[1:], shape)):

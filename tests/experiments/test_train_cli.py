@@ -91,7 +91,7 @@ def test_results_json(smoke_run):
 
 
 def test_exported_networks_load_safely_without_heads(smoke_run):
-    from dcm_keras import load_network
+    from dcm_keras import input_contract, load_network
 
     model_dir, _, _ = smoke_run
     params = json.loads((model_dir / "results.json").read_text())["networks"]
@@ -99,7 +99,9 @@ def test_exported_networks_load_safely_without_heads(smoke_run):
         net = load_network(str(model_dir / f"net{k}.keras"))  # safe_mode=True
         assert not any(layer.name.startswith("aux") for layer in net.layers)
         assert not isinstance(net.output, dict)
-        assert tuple(net.input_shape) == (None, 8, 8, 3)
+        # Raw pixels of an image folder, any size (resized inside) for an 8x8 network.
+        assert tuple(net.input_shape) == (None, None, None, 3)
+        assert input_contract(net)["image_shape"] == [8, 8, 3]
         assert tuple(net.output.shape) == (None, 100)
         assert net.count_params() == params[f"net{k}"]["params"]
         logits = net(np.zeros((2, 8, 8, 3), np.float32))

@@ -67,8 +67,13 @@ def test_export_loads_on_tensorflow_with_the_same_test_error(jax_run):
     results = json.loads((model_dir / "results.json").read_text())
     net = load_network(str(model_dir / "net1.keras"))
     ds = data.load("fashion_mnist", "test", batch_size=100, max_examples=200)
-    predictions = np.concatenate([np.argmax(keras.ops.convert_to_numpy(net(x, training=False)),
-                                            -1) for x, _ in ds])
+    info = data.get_info("fashion_mnist")
+
+    def pixels(x):  # net1.keras takes raw pixel values: undo the pipeline's normalisation
+        return np.round((x.numpy() * np.array(info.std) + np.array(info.mean)) * 255.0)
+
+    predictions = np.concatenate([np.argmax(keras.ops.convert_to_numpy(
+        net(pixels(x), training=False)), -1) for x, _ in ds])
     labels = np.concatenate([y.numpy() for _, y in ds])
     error = 100.0 * np.mean(predictions != labels)
     # Same weights, same test images; another backend's arithmetic may flip a borderline one.
