@@ -5,7 +5,11 @@ output (`classifier_activation=None`) and no built-in preprocessing (`include_pr
 where the model offers it; EfficientNet's fixed `Rescaling`/`Normalization` layers become
 identities), so the data pipeline's normalisation is the only one, as for our own networks.
 Images smaller than the applications' 32x32 minimum (Fashion-MNIST's 28x28) are zero-padded to
-32x32 by the network's first layer.
+32x32 by the network's first layer. BatchNormalization gets our momentum, 0.9 (PyTorch's 0.1, the
+paper's): with MobileNetV3's 0.999 the moving statistics are still 85% their initial values after
+160 steps, and a short run evaluates near chance. Measured (DCM pair of keras:MobileNetV3Small,
+Fashion-MNIST, 256 images x 40 epochs, batch 64, seed 0, 2,000 test images; this 2-core CPU,
+2026-12-02): 90.60 / 81.95% test error with 0.999, 32.25 / 32.60% with 0.9.
 With `aux_heads=True` the network gets `attach_heads(..., "auto", "replica")`.
 
 Pretrained weights cannot be downloaded here. With ImageNet weights at hand, build the model
@@ -21,7 +25,7 @@ from typing import List
 import keras
 
 from dcm_keras import networks
-from dcm_keras.networks.common import DEFAULT_WEIGHT_DECAY, check_common_args
+from dcm_keras.networks.common import BN_MOMENTUM, DEFAULT_WEIGHT_DECAY, check_common_args
 from dcm_keras.networks.heads import attach_heads
 
 
@@ -32,17 +36,19 @@ def application_names() -> List[str]:
                   and "classifier_activation" in inspect.signature(fn).parameters)
 
 
-def _without_preprocessing(model: keras.Model) -> keras.Model:
+def _our_conventions(model: keras.Model) -> keras.Model:
+    """`model` without fixed preprocessing layers and with our BN momentum (same weights)."""
     fixed = (keras.layers.Rescaling, keras.layers.Normalization)
-    if not any(isinstance(layer, fixed) for layer in model.layers):
-        return model
 
-    def identity(layer):
+    def convert(layer):
         if isinstance(layer, fixed):
             return keras.layers.Identity(name=layer.name)
-        return type(layer).from_config(layer.get_config())
+        config = layer.get_config()
+        if isinstance(layer, keras.layers.BatchNormalization):
+            config["momentum"] = BN_MOMENTUM
+        return type(layer).from_config(config)
 
-    clone = keras.models.clone_model(model, clone_function=identity)
+    clone = keras.models.clone_model(model, clone_function=convert)
     for layer in clone.layers:  # fresh weights anyway, but keep the clone's init = the model's
         if layer.weights:
             layer.set_weights(model.get_layer(layer.name).get_weights())
@@ -73,7 +79,7 @@ def build_application(name: str, num_classes: int, input_shape=(32, 32, 3),
         x = keras.layers.ZeroPadding2D(tuple((p // 2, p - p // 2) for p in pad), name="pad")(x)
     model = fn(weights=None, input_tensor=x, classes=num_classes,
                classifier_activation=None, **options, **kwargs)
-    model = _without_preprocessing(model)
+    model = _our_conventions(model)
     return attach_heads(model, "auto" if aux_heads else [], "replica", weight_decay,
                         name=name.lower())
 

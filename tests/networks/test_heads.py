@@ -220,6 +220,8 @@ def test_registry_builds_keras_applications_by_name(apps):
     net = networks.build("keras:MobileNetV3Small", 10, input_shape=(28, 28, 1))  # below 32x32
     assert list(net.output) == ["aux1", "aux2", "logits"] and net.weight_decay == 5e-4
     assert tuple(net(np.zeros((2, 28, 28, 1)))["aux1"].shape) == (2, 10)
+    norms = [l for l in net.layers if isinstance(l, keras.layers.BatchNormalization)]
+    assert norms and all(l.momentum == networks.BN_MOMENTUM for l in norms)  # not 0.999
     plain = networks.build("keras:EfficientNetB0", CLASSES, input_shape=(28, 28, 3),
                            aux_heads=False, weight_decay=0)
     assert list(plain.output) == ["logits"]
