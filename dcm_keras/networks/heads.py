@@ -273,14 +273,20 @@ class HeadedModel(keras.Model):
         print_fn(f"Auxiliary heads ({self.head!r}, branch points {how}): {heads or 'none'}")
 
     def get_config(self):
+        # The chosen layers, not "auto": a file reloads with the same heads even if a later
+        # version of the "auto" rule would choose others.
         return {"name": self.name, "trainable": self.trainable, "base": self._base_config,
-                "branch_points": "auto" if self._auto else list(self.branch_points),
+                "branch_points": list(self.branch_points), "auto_branch_points": self._auto,
                 "head": self.head, "weight_decay": self.weight_decay,
                 "strip_activation": self.strip_activation}
 
     @classmethod
     def from_config(cls, config):
-        return cls(**config)
+        config = dict(config)
+        auto = config.pop("auto_branch_points", False)
+        model = cls(**config)
+        model._auto = auto
+        return model
 
 
 def _fresh(op, prefix: str):

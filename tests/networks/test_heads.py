@@ -110,6 +110,7 @@ def test_dcm_pair_trains_and_round_trips(name, apps, tmp_path):
     net.save(tmp_path / "net.keras")
     loaded = keras.saving.load_model(tmp_path / "net.keras", safe_mode=True)
     assert type(loaded) is networks.HeadedModel and loaded.branch_points == net.branch_points
+    assert loaded.get_config()["auto_branch_points"] is True
     after = _losses(dcm_keras.DCM([loaded, partner]), x, y)
     np.testing.assert_allclose(after, before, rtol=1e-5)
     assert after[1] > 0
