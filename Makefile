@@ -13,7 +13,7 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,onnx]'
 	@touch $@
 
 # Fashion-MNIST (real data) comes from Debian's dataset-fashion-mnist package.
@@ -26,13 +26,16 @@ data:
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist; \
 	fi
 
-# The whole suite under TensorFlow, then the core library tests again under JAX.
+# The whole suite under TensorFlow, then the core library tests again under JAX, each on
+# TEST_WORKERS pytest-xdist workers: most tests wait on subprocesses (TensorFlow start-up, tiny
+# training runs), so two workers on two cores take ~10 minutes where one takes ~17.
+TEST_WORKERS ?= 2
 CORE_TESTS := tests/test_losses.py tests/test_model.py tests/test_export.py tests/test_connections.py \
               tests/test_data_arrays.py tests/test_callbacks.py tests/test_shipping.py tests/test_summary.py
 
 test: venv data
-	KERAS_BACKEND=tensorflow TF_CPP_MIN_LOG_LEVEL=3 $(PY) -m pytest -q tests
-	KERAS_BACKEND=jax TF_CPP_MIN_LOG_LEVEL=3 $(PY) -m pytest -q $(CORE_TESTS)
+	KERAS_BACKEND=tensorflow TF_CPP_MIN_LOG_LEVEL=3 $(PY) -m pytest -q -n $(TEST_WORKERS) tests
+	KERAS_BACKEND=jax TF_CPP_MIN_LOG_LEVEL=3 $(PY) -m pytest -q -n $(TEST_WORKERS) $(CORE_TESTS)
 
 demo: venv data
 	TF_CPP_MIN_LOG_LEVEL=3 $(PY) -m experiments.compare --preset=demo --work_dir=$(WORK_DIR)/demo

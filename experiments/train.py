@@ -52,7 +52,7 @@ from typing import Dict, List, Optional, Tuple
 
 from absl import app, flags
 
-from experiments import common
+from experiments import common, plots
 
 METHOD_HELP = ("baseline: networks alone; dsn: + auxiliary heads (deep supervision); dks: + KD "
                "between heads of one network; dml: KD between final heads; dcm: heads + dense "
@@ -461,47 +461,6 @@ def _save_model_atomically(model, path: str) -> str:
     return path
 
 
-def plot_test_error(history: List[dict], network_heads: Dict[str, Tuple[str, List[str]]],
-                    path: str, title: str) -> None:
-    """Test error (%) per epoch of every head: a colour per network, a line style and marker
-    per head (final head solid and thicker), the legend outside the axes.
-
-    `network_heads` maps "net1" to (architecture, [head names]).
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import matplotlib.ticker
-
-    fig, ax = plt.subplots(figsize=(8.5, 4.5))
-    aux_styles = [("--", "s"), (":", "^"), ("-.", "v"), ((0, (5, 1, 1, 1, 1, 1)), "D")]
-    for k, (net, (arch, heads)) in enumerate(network_heads.items()):
-        for depth, head in enumerate(heads):
-            key = f"val_{net}_{head}_acc"
-            rows = [row for row in history if math.isfinite(row.get(key, math.nan))]
-            if not rows:
-                continue
-            final = head == "logits"
-            style, marker = ("-", "o") if final else aux_styles[depth % len(aux_styles)]
-            ax.plot([row["epoch"] + 1 for row in rows],
-                    [common.error_percent(row[key]) for row in rows], color=f"C{k}",
-                    linestyle=style, linewidth=1.8 if final else 1.1,
-                    alpha=1.0 if final else 0.75, marker=marker if len(rows) < 20 else None,
-                    markersize=3, label=f"{net} ({arch})" if final else f"{net} {head}")
-    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("test error (%)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    # Outside the axes, so it never covers a curve.
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
-    fig.tight_layout()
-    with common.replacing(path) as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-
-
 def history_logger(path: str):
     """Keras's `CSVLogger` (appending), refusing to open its file through a symbolic link.
 
@@ -833,7 +792,7 @@ def _fit_and_report(run: dict, process_start: float) -> int:
         "history": [{k: (None if isinstance(v, float) and math.isnan(v) else v)
                      for k, v in row.items()} for row in history],
     }
-    plot_test_error(history, {f"net{k + 1}": (name, heads) for k, (name, heads)
+    plots.plot_test_error(history, {f"net{k + 1}": (name, heads) for k, (name, heads)
                               in enumerate(zip(config["nets"], dcm.heads))},
                     os.path.join(model_dir, common.PLOT_FILE),
                     f"{run['method']}: {' + '.join(config['nets'])} on {info.name}")

@@ -7,7 +7,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from experiments import train  # noqa: E402
+from experiments import plots  # noqa: E402
 
 
 def test_each_head_has_its_own_style_and_the_legend_is_outside(tmp_path, monkeypatch):
@@ -17,7 +17,7 @@ def test_each_head_has_its_own_style_and_the_legend_is_outside(tmp_path, monkeyp
     figures = []
     monkeypatch.setattr(plt, "close", figures.append)  # keep the figure to inspect it
     path = tmp_path / "test_error.png"
-    train.plot_test_error(history, {"net1": ("wrn_10_1", heads), "net2": ("wrn_10_1", heads)},
+    plots.plot_test_error(history, {"net1": ("wrn_10_1", heads), "net2": ("wrn_10_1", heads)},
                           str(path), "dcm")
     assert path.is_file()
     (fig,) = figures
