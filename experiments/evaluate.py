@@ -30,7 +30,8 @@ flags.DEFINE_string("data_dir", None, "Dataset location (tfds data_dir or an IDX
 flags.DEFINE_integer("image_size", None, "Input size for imagenet2012 and image folders.",
                      lower_bound=1)
 flags.DEFINE_integer("batch_size", 256, "Evaluation batch size.", lower_bound=1)
-flags.DEFINE_integer("max_examples", None, "Evaluate on the first N examples only.",
+flags.DEFINE_integer("max_examples", None, "Evaluate on N examples only (the first N; a seeded "
+                     "stratified subset of an image folder).",
                      lower_bound=1)
 flags.DEFINE_string("output", None, "Also write the result as JSON to this path.")
 flags.mark_flag_as_required("model")
@@ -50,8 +51,17 @@ def evaluate(model_path: str, dataset: str, split: str = "test", data_dir: Optio
     from dcm_keras import DCM, data, input_contract, load_network
 
     common.check_data_dir(data_dir)
-    info = data.get_info(dataset, data_dir=data_dir, image_size=image_size)
     model = load_network(model_path)
+    contract = input_contract(model)
+    if image_size is None and contract is not None and dataset.startswith("image_folder"):
+        image_size = contract["image_shape"][0]  # the size the network was trained at
+    info = data.get_info(dataset, data_dir=data_dir, image_size=image_size)
+    if contract is not None and contract["class_names"] and info.class_names and (
+            list(contract["class_names"]) != list(info.class_names)):
+        # Labels follow the sorted folder names: other names would silently score other classes.
+        raise ValueError(f"{model_path} was trained on the classes "
+                         f"{', '.join(contract['class_names'])}; {dataset} has "
+                         f"{', '.join(info.class_names)}.")
     # A whole DCM (what keras.callbacks.ModelCheckpoint saves): evaluate each of its networks.
     if isinstance(model, DCM):
         named = {f"net{k + 1}": model.export_network(k) for k in range(len(model.networks))}

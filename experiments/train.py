@@ -562,6 +562,16 @@ def _prepare(config: Dict[str, object], scratch: List[str]) -> Optional[dict]:
         replace = bool(diffs)
     if chief:  # refuses links before anything is written (or, with --overwrite, removed)
         common.check_no_symlinks(model_dir, *_written_paths(len(config["nets"])))
+    if previous is None and chief and not config["overwrite"] and os.path.isdir(model_dir):
+        # No flags.json, yet files under the names a run writes: not this script's run (it
+        # writes flags.json before anything else), so they are the user's. Never replace them
+        # (nor empty a backup/ folder of theirs) unasked.
+        taken = sorted({name.split(os.sep)[0] for name in _written_paths(len(config["nets"]))
+                        if os.path.lexists(os.path.join(model_dir, name.split(os.sep)[0]))})
+        if taken:
+            raise ValueError(f"{model_dir} holds {', '.join(taken)} but no flags.json, so not a "
+                             "run of this script; use another --model_dir or pass --overwrite to "
+                             "replace them.")
 
     # The backend starts here: everything above is cheap.
     import keras

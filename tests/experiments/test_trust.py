@@ -59,6 +59,11 @@ def refusals(tmp_path_factory, small_folder):
     config["train_flags"] = {"epochs": 1, "learning_rate": 0.1}
     (root / "typo.json").write_text(json.dumps(config))
 
+    users = root / "users_folder"  # the names a run writes, but not a run: no flags.json
+    (users / "backup").mkdir(parents=True)
+    (users / "backup" / "k.txt").write_text("keep")
+    (users / "results.json").write_text('{"my": "data"}')
+    (users / "net1.keras").write_text("mine")
     read_only = root / "read_only"
     _mount(read_only, "ro,size=1m")
     bad_edges = {"dict": '[{"a": 1}]', "null": '[["net1_logits", "net2_logits", null]]',
@@ -71,6 +76,7 @@ def refusals(tmp_path_factory, small_folder):
         "compare_unknown": ["compare", f"--config={root / 'typo.json'}",
                             f"--work_dir={root / 'work'}"],
         "read_only": tiny_train(small_folder, read_only / "run"),
+        "users_folder": tiny_train(small_folder, users),
     })
     try:
         yield run_all(cases, root), root
@@ -90,6 +96,17 @@ def test_a_comparison_config_sets_only_run_flags(refusals):
     assert "may not set 'flagfile'" in error and "Valid: " in error and "dataset" in error
     assert "may not set 'learning_rate'" in one_line_error(outcomes["compare_unknown"])
     assert not (root / "elsewhere_run").exists() and not (root / "work").exists()
+
+
+def test_a_folder_with_the_users_files_under_run_names_is_not_taken_over(refusals):
+    outcomes, root = refusals
+    error = one_line_error(outcomes["users_folder"])
+    assert "backup, net1.keras, results.json but no flags.json" in error and "--overwrite" in error
+    users = root / "users_folder"
+    assert (users / "backup" / "k.txt").read_text() == "keep"
+    assert (users / "results.json").read_text() == '{"my": "data"}'
+    assert (users / "net1.keras").read_text() == "mine"
+    assert sorted(p.name for p in users.iterdir()) == ["backup", "net1.keras", "results.json"]
 
 
 def test_a_read_only_model_dir_gets_one_line(refusals):
@@ -242,3 +259,23 @@ def test_evaluate_scores_every_network_of_a_whole_dcm_file(tmp_path, small_folde
         wrong = np.mean(np.argmax(predicted[f"net{k}_logits"], -1) != labels.numpy())
         assert scores[f"net{k}"]["top1_error"] == pytest.approx(100 * wrong, abs=1e-3)
         assert f"best.keras net{k} on image_folder" in result.stdout
+
+
+def test_evaluate_takes_size_and_classes_from_a_shipped_network(overwritten, small_folder,
+                                                                tmp_path):
+    import shutil
+
+    from cli_helpers import describe, run
+
+    model_dir = overwritten[0]
+    renamed = tmp_path / "renamed"
+    shutil.copytree(small_folder, renamed)
+    for split in ("train", "test"):
+        (renamed / split / "class000").rename(renamed / split / "zclass")
+    model = f"--model={model_dir / 'net1.keras'}"
+    same = run("evaluate", model, f"--dataset=image_folder:{small_folder}", timeout=TIMEOUT)
+    other = run("evaluate", model, f"--dataset=image_folder:{renamed}", timeout=TIMEOUT)
+    assert same.returncode == 0, describe(same)  # no --image_size: the network's own 8x8
+    assert "(12 images)" in same.stdout
+    error = one_line_error((other.returncode, message_lines(other.stderr)))
+    assert "trained on the classes class000, class001, class002" in error and "zclass" in error
