@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 import zipfile
+from typing import Optional
 
 import keras
 
@@ -12,7 +13,7 @@ from dcm_keras.connections import FINAL_HEAD
 
 
 def export_network(network: keras.Model, head: str = FINAL_HEAD, *, preprocessing=None,
-                   precision: str = "float32") -> keras.Model:
+                   precision: str = "float32", resize: Optional[bool] = None) -> keras.Model:
     """A plain functional model from `network`'s input to one head's logits.
 
     Only the layers on the path to that head are kept, so a network trained with auxiliary heads
@@ -28,6 +29,10 @@ def export_network(network: keras.Model, head: str = FINAL_HEAD, *, preprocessin
             and class names (`dcm_keras.shipping`).
         precision: "float32" (default) computes in float32 whatever policy the network trained
             in (rebuilt, weights copied); "training" keeps its policy and shares its weights.
+        resize: with `preprocessing`, whether the model takes images of any size and resizes
+            them (None: as the dataset's pipeline does, i.e. for image folders). Its antialiased
+            resize is TensorFlow's `ScaleAndTranslate`, which neither TFLite's built-in ops nor
+            ONNX have: `resize=False` exports a fixed-size input that converts to both.
     """
     from dcm_keras import shipping
 
@@ -54,7 +59,7 @@ def export_network(network: keras.Model, head: str = FINAL_HEAD, *, preprocessin
     return shipping.with_input_contract(
         bare, mean=preprocessing.mean, std=preprocessing.std,
         image_shape=preprocessing.image_shape, class_names=preprocessing.class_names,
-        resize=shipping.needs_resize(preprocessing))
+        resize=shipping.needs_resize(preprocessing) if resize is None else bool(resize))
 
 
 def _is_plain_functional(model: keras.Model) -> bool:

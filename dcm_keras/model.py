@@ -349,14 +349,15 @@ class DCM(MultiWorkerFixes, keras.Model):
                          f"[0, {len(self.networks)}) or one of {', '.join(names)}.")
 
     def export_network(self, network: Union[int, str] = 0, *, preprocessing=None,
-                       precision: str = "float32") -> keras.Model:
+                       precision: str = "float32", resize: Optional[bool] = None
+                       ) -> keras.Model:
         """The deployable network: input -> final logits, no auxiliary heads.
 
         `preprocessing=data.get_info(...)` makes it take raw pixel values; it computes in float32
         unless `precision="training"` (see `dcm_keras.export_network`).
         """
         return _export_network(self.networks[self.network_index(network)],
-                               preprocessing=preprocessing, precision=precision)
+                               preprocessing=preprocessing, precision=precision, resize=resize)
 
     def summary(self, print_fn=None, expand_nested: bool = False, **kwargs) -> None:
         """Each network as net1, net2, ... with its heads and parameters, then the KD edges.

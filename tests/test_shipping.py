@@ -155,3 +155,26 @@ def test_bad_export_arguments(trained):
                         num_test=1, mean=(0.5,), std=(0.2,))
     with pytest.raises(ValueError, match=r"takes images of shape \(8, 8, 3\), not \(28, 28, 1\)"):
         dcm.export_network(0, preprocessing=other)
+
+
+@pytest.mark.requires_tensorflow("TFLite conversion")
+def test_image_folder_export_without_resize_converts_to_tflite(trained):
+    """The antialiased resize of an image-folder export has no TFLite op; resize=False does."""
+    import dataclasses
+
+    import tensorflow as tf
+
+    _, dcm = trained
+    folder = dataclasses.replace(INFO, name="image_folder:/photos")
+    assert "resize" in [layer.name for layer in dcm.export_network(0, preprocessing=folder).layers]
+    model = dcm.export_network(0, preprocessing=folder, resize=False)
+    assert "resize" not in [layer.name for layer in model.layers]
+    assert tuple(model.input_shape) == (None,) + IMAGE
+    flatbuffer = tf.lite.TFLiteConverter.from_keras_model(model).convert()
+    interpreter = tf.lite.Interpreter(model_content=flatbuffer)
+    runner = interpreter.get_signature_runner()
+    pixels = _pixels(4).astype("float32")
+    (got,) = runner(**{interpreter.get_signature_list()["serving_default"]["inputs"][0]:
+                       pixels}).values()
+    expected = to_numpy(model(pixels, training=False))
+    assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
