@@ -821,6 +821,10 @@ def main(argv: List[str]) -> None:
         sys.exit(train(run_flags()))
     except UserError as e:
         sys.exit(f"error: {e}")
+    except KeyboardInterrupt:  # Ctrl-C: the checkpoints make this a pause, not a crash
+        print("error: interrupted; re-running the same command resumes from the last finished "
+              "epoch.", file=sys.stderr, flush=True)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

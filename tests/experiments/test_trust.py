@@ -279,3 +279,23 @@ def test_evaluate_takes_size_and_classes_from_a_shipped_network(overwritten, sma
     assert "(12 images)" in same.stdout
     error = one_line_error((other.returncode, message_lines(other.stderr)))
     assert "trained on the classes class000, class001, class002" in error and "zclass" in error
+
+
+def test_ctrl_c_ends_with_one_line_and_the_run_resumes(tmp_path, small_folder):
+    import signal
+
+    model_dir = tmp_path / "run"
+    args = tiny_train(small_folder, model_dir, "--epochs=2")
+    first = Watched(*args, extra_env={"DCM_DEBUG_PAUSE": "checkpoint@2:30"})
+    try:
+        first.wait_for("[debug] pause at checkpoint (epoch 2)", timeout=TIMEOUT)
+        first.proc.send_signal(signal.SIGINT)
+        assert first.finish(timeout=60) == 130, first.describe()
+    finally:
+        first.kill()
+    error = one_line_error((first.proc.returncode, message_lines(first.stderr)))
+    assert "interrupted; re-running the same command resumes" in error
+    second = Watched(*args)
+    assert second.finish(timeout=TIMEOUT) == 0, second.describe()
+    assert "at epoch 2/2" in second.stdout
+    assert json.loads((model_dir / "results.json").read_text())["complete"]
