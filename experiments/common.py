@@ -58,6 +58,13 @@ def read_json(path: str) -> Optional[dict]:
     return value if isinstance(value, dict) else None
 
 
+def _stem_and_extension(name: str) -> Tuple[str, str]:
+    """`name` split before its extension, `.weights.h5` (Keras insists on it) counting as one."""
+    if name.endswith(".weights.h5"):
+        return name[:-len(".weights.h5")], ".weights.h5"
+    return os.path.splitext(name)
+
+
 @contextlib.contextmanager
 def replacing(path: str) -> Iterator[str]:
     """Yields a new temporary path beside `path`; once the caller has written it, moves it there.
@@ -69,9 +76,7 @@ def replacing(path: str) -> Iterator[str]:
     format. On an error the temporary file is removed and `path` is left as it was.
     """
     directory, base = os.path.split(os.path.abspath(path))
-    stem, ext = os.path.splitext(base)
-    if base.endswith(".weights.h5"):
-        stem, ext = base[:-len(".weights.h5")], ".weights.h5"
+    stem, ext = _stem_and_extension(base)
     fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=f".tmp{ext}", dir=directory)
     os.close(fd)
     try:
@@ -88,9 +93,7 @@ def remove_stale_temporaries(directory: str, names: List[str]) -> None:
     """Removes the temporary files that `replacing` made for `names` and a killed process left."""
     patterns = []
     for name in names:
-        stem, ext = os.path.splitext(name)
-        if name.endswith(".weights.h5"):
-            stem, ext = name[:-len(".weights.h5")], ".weights.h5"
+        stem, ext = _stem_and_extension(name)
         patterns.append(re.compile(rf"\.{re.escape(stem)}\.[A-Za-z0-9_]{{8}}\.tmp{re.escape(ext)}"))
     for entry in os.scandir(directory):
         if entry.is_file(follow_symlinks=False) or entry.is_symlink():

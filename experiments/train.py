@@ -451,14 +451,13 @@ def _deployable(run: dict, k: int):
 
 
 def _save_model_atomically(model, path: str) -> str:
-    """`model.save(path)` through a temporary file and a rename: never a truncated `.keras`."""
+    """`save_network` (a temporary file and a rename: never a truncated `.keras`), first removing
+    the temporary files of a process killed while saving (they share `replacing`'s names)."""
     from dcm_keras import save_network
 
     directory, base = os.path.split(path)
-    common.remove_stale_temporaries(directory, [base])  # left by a process killed while saving
-    with common.replacing(path) as tmp:
-        save_network(model, tmp, overwrite=True)
-    return path
+    common.remove_stale_temporaries(directory, [base])
+    return save_network(model, path, overwrite=True)
 
 
 def history_logger(path: str):
