@@ -24,6 +24,8 @@ from typing import Iterable, List, Sequence, Tuple, Union
 
 import numpy as np
 
+from dcm_keras.errors import UserError
+
 PRESETS = ("dense", "same_stage", "cross_stage", "final", "dks", "none")
 FINAL_HEAD = "logits"
 
@@ -53,8 +55,8 @@ def _stage_from_top(heads: Sequence[str], index: int) -> int:
 def preset_edges(preset: str, heads_per_network: Sequence[Sequence[str]]) -> List[Edge]:
     """Edges of a named preset over networks with the given (shallow-to-deep) head names."""
     if preset not in PRESETS:
-        raise ValueError(f"Unknown connections preset {preset!r}. Valid presets: "
-                         f"{', '.join(PRESETS)}, or an explicit list of (student, teacher[, weight]) edges.")
+        raise UserError(f"Unknown connections preset {preset!r}. Valid presets: "
+                        f"{', '.join(PRESETS)}, or an explicit list of (student, teacher[, weight]) edges.")
     ids = head_ids(heads_per_network)
     edges = []
     for a, heads_a in enumerate(heads_per_network):
@@ -86,8 +88,8 @@ def _as_edge(item: EdgeLike) -> Edge:
         return Edge(item["student"], item["teacher"], float(item.get("weight", 1.0)))
     if isinstance(item, (tuple, list)) and len(item) in (2, 3):
         return Edge(str(item[0]), str(item[1]), float(item[2]) if len(item) == 3 else 1.0)
-    raise ValueError(f"Cannot read edge {item!r}: give (student, teacher), "
-                     "(student, teacher, weight), a dict or an Edge.")
+    raise UserError(f"Cannot read edge {item!r}: give (student, teacher), "
+                    "(student, teacher, weight), a dict or an Edge.")
 
 
 def resolve(connections: Connections, heads_per_network: Sequence[Sequence[str]]) -> List[Edge]:
@@ -100,15 +102,15 @@ def resolve(connections: Connections, heads_per_network: Sequence[Sequence[str]]
         edge = _as_edge(item)
         for end in (edge.student, edge.teacher):
             if end not in valid:
-                raise ValueError(f"Edge {edge.student!r} <- {edge.teacher!r} names head {end!r}, "
-                                 f"which does not exist. Valid heads: {', '.join(valid)}.")
+                raise UserError(f"Edge {edge.student!r} <- {edge.teacher!r} names head {end!r}, "
+                                f"which does not exist. Valid heads: {', '.join(valid)}.")
         if edge.student == edge.teacher:
-            raise ValueError(f"Edge {edge.student!r} <- {edge.teacher!r} connects a head to itself.")
+            raise UserError(f"Edge {edge.student!r} <- {edge.teacher!r} connects a head to itself.")
         if (edge.student, edge.teacher) in seen:
-            raise ValueError(f"Edge {edge.student!r} <- {edge.teacher!r} is listed twice.")
+            raise UserError(f"Edge {edge.student!r} <- {edge.teacher!r} is listed twice.")
         if not np.isfinite(edge.weight) or edge.weight < 0:
-            raise ValueError(f"Edge {edge.student!r} <- {edge.teacher!r} has weight {edge.weight}; "
-                             "weights must be finite and >= 0.")
+            raise UserError(f"Edge {edge.student!r} <- {edge.teacher!r} has weight {edge.weight}; "
+                            "weights must be finite and >= 0.")
         seen.add((edge.student, edge.teacher))
         edges.append(edge)
     return edges

@@ -23,8 +23,10 @@ from typing import Optional, Tuple
 import keras
 import numpy as np
 
+from dcm_keras.errors import UserError
 
-class InputError(ValueError):
+
+class InputError(UserError):
     """Data that `DCM` refuses (a ValueError, so existing handlers still catch it)."""
 
 
