@@ -1,4 +1,4 @@
-"""A registry of networks by name, one builder per family (the timm pattern).
+"""Networks by name, one builder per network (the timm pattern; the registry is `registry.py`).
 
     net = dcm_keras.networks.build("wrn_16_2", num_classes=100)
 
@@ -10,60 +10,19 @@ the shallowest head to the deepest: `{"aux1": ..., "aux2": ..., "logits": ...}`,
 
 from __future__ import annotations
 
-import re
-from typing import Callable, Dict, List, Tuple
-
 import keras
 
 from dcm_keras.networks.common import BN_EPSILON, BN_MOMENTUM, DEFAULT_WEIGHT_DECAY
-
-# name -> builder(num_classes, input_shape, aux_heads, **kwargs)
-_EXACT: Dict[str, Callable] = {}
-# (regex, human-readable pattern, builder(match, num_classes, input_shape, aux_heads, **kwargs))
-_PATTERNS: List[Tuple[re.Pattern, str, Callable]] = []
-
-
-def register(name: str, builder: Callable) -> None:
-    """Registers `builder` under an exact network name."""
-    _EXACT[name] = builder
-
-
-def register_pattern(regex: str, pattern: str, builder: Callable) -> None:
-    """Registers a parametrised family, e.g. `wrn_(\\d+)_(\\d+)` shown as `wrn_D_K`."""
-    _PATTERNS.append((re.compile(regex + r"\Z"), pattern, builder))
-
-
-def list_networks() -> List[str]:
-    """Names accepted by `build`, exact names first, then parametrised families."""
-    return sorted(_EXACT) + [p for _, p, _ in _PATTERNS]
-
-
-def build(name: str, num_classes: int, input_shape=(32, 32, 3), aux_heads: bool = True,
-          **kwargs) -> keras.Model:
-    """Builds a registered network.
-
-    Args:
-        name: a name from `list_networks()`, e.g. "wrn_28_10", "mobilenet", "resnet56".
-        num_classes: number of classes of every classifier head.
-        input_shape: (height, width, channels).
-        aux_heads: attach the family's auxiliary classifier heads (the DCM design).
-        **kwargs: family options, e.g. `weight_decay=5e-4`, `synchronized_bn=False`.
-
-    Returns:
-        A functional `keras.Model` with a dict output of logits, shallow to deep.
-    """
-    if not isinstance(name, str):
-        raise TypeError(f"Network name must be a string, got {type(name).__name__}.")
-    if name in _EXACT:
-        return _EXACT[name](num_classes=num_classes, input_shape=input_shape,
-                            aux_heads=aux_heads, **kwargs)
-    for regex, _, builder in _PATTERNS:
-        match = regex.match(name)
-        if match:
-            return builder(match, num_classes=num_classes, input_shape=input_shape,
-                           aux_heads=aux_heads, **kwargs)
-    raise ValueError(
-        f"Unknown network {name!r}. Valid names: {', '.join(list_networks())}.")
+from dcm_keras.networks.registry import (build, family_of, list_families, list_networks,
+                                         register, register_network, register_pattern,
+                                         representative)
+# Importing the families registers them; they import `registry`, never this package's namespace.
+from dcm_keras.networks import wrn  # noqa: F401
+from dcm_keras.networks import mobilenet  # noqa: F401
+from dcm_keras.networks import resnet  # noqa: F401
+from dcm_keras.networks import applications  # noqa: F401  ("keras:NAME")
+from dcm_keras.networks.heads import HeadedModel, attach_heads
+from dcm_keras.networks.weight_decay import WeightDecay, with_weight_decay
 
 
 def transfer_weights(source: keras.Model, target: keras.Model) -> int:
@@ -85,14 +44,7 @@ def transfer_weights(source: keras.Model, target: keras.Model) -> int:
     return copied
 
 
-# Importing the families registers them.
-from dcm_keras.networks import wrn  # noqa: E402,F401
-from dcm_keras.networks import mobilenet  # noqa: E402,F401
-from dcm_keras.networks import resnet  # noqa: E402,F401
-from dcm_keras.networks import applications  # noqa: E402,F401  ("keras:NAME")
-from dcm_keras.networks.heads import HeadedModel, attach_heads  # noqa: E402
-from dcm_keras.networks.weight_decay import WeightDecay, with_weight_decay  # noqa: E402
-
-__all__ = ["build", "list_networks", "register", "register_pattern", "transfer_weights",
-           "attach_heads", "with_weight_decay", "HeadedModel", "WeightDecay",
-           "BN_MOMENTUM", "BN_EPSILON", "DEFAULT_WEIGHT_DECAY"]
+__all__ = ["build", "list_networks", "list_families", "family_of", "representative", "register",
+           "register_network", "register_pattern", "transfer_weights", "attach_heads",
+           "with_weight_decay", "HeadedModel", "WeightDecay", "BN_MOMENTUM", "BN_EPSILON",
+           "DEFAULT_WEIGHT_DECAY"]

@@ -24,9 +24,9 @@ from typing import List
 
 import keras
 
-from dcm_keras import networks
 from dcm_keras.networks.common import BN_MOMENTUM, DEFAULT_WEIGHT_DECAY, check_common_args
 from dcm_keras.networks.heads import attach_heads
+from dcm_keras.networks.registry import register_network
 
 
 def application_names() -> List[str]:
@@ -84,5 +84,8 @@ def build_application(name: str, num_classes: int, input_shape=(32, 32, 3),
                         name=name.lower())
 
 
-networks.register_pattern(r"keras:(\w+)", "keras:NAME",
-                          lambda match, **kwargs: build_application(match.group(1), **kwargs))
+@register_network("keras:NAME", family="keras", regex=r"keras:(\w+)",
+                  example="keras:MobileNetV3Small")
+def keras_application(match, **kwargs) -> keras.Model:
+    """`keras:NAME`: the `keras.applications` classifier NAME (see `build_application`)."""
+    return build_application(match.group(1), **kwargs)

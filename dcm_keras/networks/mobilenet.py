@@ -24,9 +24,9 @@ from typing import Sequence, Tuple
 
 import keras
 
-from dcm_keras import networks
 from dcm_keras.networks.common import (Backbone, DEFAULT_WEIGHT_DECAY, Layers,
                                        check_common_args)
+from dcm_keras.networks.registry import register_network
 
 STEM_FILTERS = 32
 # (filters, strides) of each block.
@@ -93,8 +93,7 @@ class MobileNet(Backbone):
                                  synchronized_bn)
 
 
-def _build_mobilenet(**kwargs) -> MobileNet:
+@register_network("mobilenet", family="mobilenet")
+def mobilenet(**kwargs) -> MobileNet:
+    """The DCM paper's CIFAR MobileNet."""
     return MobileNet(**kwargs)
-
-
-networks.register("mobilenet", _build_mobilenet)

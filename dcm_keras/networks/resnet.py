@@ -39,9 +39,9 @@ from typing import Sequence
 
 import keras
 
-from dcm_keras import networks
 from dcm_keras.networks.common import (Backbone, DEFAULT_WEIGHT_DECAY, Layers,
                                        check_common_args)
+from dcm_keras.networks.registry import register_network
 
 BOTTLENECK_EXPANSION = 4
 CIFAR_WIDTHS = (16, 32, 64)
@@ -221,19 +221,44 @@ class ResNet(Backbone):
         }
 
 
-def _cifar_builder(depth: int):
-    def build(**kwargs) -> CifarResNet:
-        return CifarResNet(depth=depth, **kwargs)
-    return build
+# Named builders, smallest first in each family (the registry's representative is the first).
+@register_network("resnet20", family="cifar_resnet")
+def resnet20(**kwargs) -> CifarResNet:
+    """ResNet-20 for small images (n = 3 blocks per stage)."""
+    return CifarResNet(depth=20, **kwargs)
 
 
-def _imagenet_builder(block_counts: Sequence[int], bottleneck: bool):
-    def build(**kwargs) -> ResNet:
-        return ResNet(block_counts=block_counts, bottleneck=bottleneck, **kwargs)
-    return build
+@register_network("resnet32", family="cifar_resnet")
+def resnet32(**kwargs) -> CifarResNet:
+    """ResNet-32 for small images (n = 5 blocks per stage)."""
+    return CifarResNet(depth=32, **kwargs)
 
 
-for _depth in (20, 32, 56, 110):
-    networks.register(f"resnet{_depth}", _cifar_builder(_depth))
-for _name, (_counts, _bottleneck) in IMAGENET_BLOCK_COUNTS.items():
-    networks.register(_name, _imagenet_builder(_counts, _bottleneck))
+@register_network("resnet56", family="cifar_resnet")
+def resnet56(**kwargs) -> CifarResNet:
+    """ResNet-56 for small images (n = 9 blocks per stage)."""
+    return CifarResNet(depth=56, **kwargs)
+
+
+@register_network("resnet110", family="cifar_resnet")
+def resnet110(**kwargs) -> CifarResNet:
+    """ResNet-110 for small images (n = 18 blocks per stage)."""
+    return CifarResNet(depth=110, **kwargs)
+
+
+@register_network("resnet18", family="resnet")
+def resnet18(**kwargs) -> ResNet:
+    """ImageNet ResNet-18: basic blocks, (2, 2, 2, 2)."""
+    return ResNet(*IMAGENET_BLOCK_COUNTS["resnet18"], **kwargs)
+
+
+@register_network("resnet34", family="resnet")
+def resnet34(**kwargs) -> ResNet:
+    """ImageNet ResNet-34: basic blocks, (3, 4, 6, 3)."""
+    return ResNet(*IMAGENET_BLOCK_COUNTS["resnet34"], **kwargs)
+
+
+@register_network("resnet50", family="resnet")
+def resnet50(**kwargs) -> ResNet:
+    """ImageNet ResNet-50: bottleneck blocks, (3, 4, 6, 3)."""
+    return ResNet(*IMAGENET_BLOCK_COUNTS["resnet50"], **kwargs)

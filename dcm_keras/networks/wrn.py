@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import keras
 
-from dcm_keras import networks
 from dcm_keras.networks.common import (Backbone, DEFAULT_WEIGHT_DECAY, Layers,
                                        check_common_args)
+from dcm_keras.networks.registry import register_network
 
 
 def _block(layers: Layers, x, filters: int, strides: int, prefix: str):
@@ -104,8 +104,7 @@ class WideResNet(Backbone):
         }
 
 
-def _build_wrn(match, **kwargs) -> WideResNet:
+@register_network("wrn_D_K", family="wrn", regex=r"wrn_(\d+)_(\d+)", example="wrn_10_1")
+def wide_resnet(match, **kwargs) -> WideResNet:
+    """`wrn_D_K`: WRN-D-K, e.g. "wrn_28_10" (the paper's) or "wrn_10_1" (the smallest)."""
     return WideResNet(depth=int(match.group(1)), width=int(match.group(2)), **kwargs)
-
-
-networks.register_pattern(r"wrn_(\d+)_(\d+)", "wrn_D_K", _build_wrn)
