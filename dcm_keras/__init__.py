@@ -2,9 +2,10 @@
 
 from dcm_keras import connections, losses, networks
 from dcm_keras.connections import PRESETS, Edge
-from dcm_keras.export import export_network, export_saved_model, load_network, save_network
+from dcm_keras.export import export_saved_model, load_network, save_network
 from dcm_keras.shipping import input_contract
 from dcm_keras.model import DCM, KDWarmup
+from dcm_keras.surgery import export_network
 
 __version__ = "0.1.0"
 

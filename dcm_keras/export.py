@@ -1,70 +1,23 @@
-"""Deployable networks: the main path of a trained network, without its auxiliary heads."""
+"""Model files: `.keras` files written atomically with stock layers and read back with clear errors,
+and serving SavedModels. Extracting the deployable network is `dcm_keras.surgery`'s job.
+"""
 
 from __future__ import annotations
 
 import os
 import tempfile
 import zipfile
-from typing import Optional
 
 import keras
 
-from dcm_keras.connections import FINAL_HEAD
-
-
-def export_network(network: keras.Model, head: str = FINAL_HEAD, *, preprocessing=None,
-                   precision: str = "float32", resize: Optional[bool] = None) -> keras.Model:
-    """A plain functional model from `network`'s input to one head's logits.
-
-    Only the layers on the path to that head are kept, so a network trained with auxiliary heads
-    exports with exactly the parameters of the network without them. Logits are float32.
-
-    Args:
-        network: a functional network returning a dict of logits (or logits).
-        head: the head to export ("logits", or e.g. "aux1").
-        preprocessing: None exports the bare network, which takes normalised images. A
-            `dcm_keras.data.DatasetInfo` (what `data.get_info` returns) exports a model that takes
-            the dataset's raw pixel values (0-255) and normalises (and, for image folders,
-            resizes) them itself with stock Keras layers that also record mean, std, image shape
-            and class names (`dcm_keras.shipping`).
-        precision: "float32" (default) computes in float32 whatever policy the network trained
-            in (rebuilt, weights copied); "training" keeps its policy and shares its weights.
-        resize: with `preprocessing`, whether the model takes images of any size and resizes
-            them (None: as the dataset's pipeline does, i.e. for image folders). Its antialiased
-            resize is TensorFlow's `ScaleAndTranslate`, which neither TFLite's built-in ops nor
-            ONNX have: `resize=False` exports a fixed-size input that converts to both.
-    """
-    from dcm_keras import shipping
-
-    if precision not in shipping.PRECISIONS:
-        raise ValueError(f"Unknown precision {precision!r}; valid: "
-                         f"{', '.join(shipping.PRECISIONS)}.")
-    output = network.output
-    if isinstance(output, dict):
-        if head not in output:
-            raise ValueError(f"Network {network.name!r} has no head {head!r}; "
-                             f"its heads are {', '.join(output)}.")
-        output = output[head]
-    if keras.backend.standardize_dtype(output.dtype) != "float32":
-        output = keras.layers.Activation("linear", dtype="float32", name=f"{head}_float32")(output)
-    name = network.name if head == FINAL_HEAD else f"{network.name}_{head}"
-    # `network.input` keeps the network's own input structure (a single tensor for the usual
-    # one-input network); `network.inputs` would always be a list, which makes the exported
-    # model expect `[images]` and gives its SavedModel a list-typed serving signature.
-    bare = keras.Model(inputs=network.input, outputs=output, name=name)
-    if precision == "float32":
-        bare = shipping.float32_network(bare)
-    if preprocessing is None:
-        return bare
-    return shipping.with_input_contract(
-        bare, mean=preprocessing.mean, std=preprocessing.std,
-        image_shape=preprocessing.image_shape, class_names=preprocessing.class_names,
-        resize=shipping.needs_resize(preprocessing) if resize is None else bool(resize))
+# Importing these registers DCM and the network classes with Keras, which `load_network` needs.
+from dcm_keras._keras_compat import Functional
+from dcm_keras.model import DCM  # noqa: F401
+from dcm_keras.networks.common import BatchNormalization
 
 
 def _is_plain_functional(model: keras.Model) -> bool:
-    cls = type(model)
-    return cls.__name__ == "Functional" and cls.__module__.startswith("keras.")
+    return type(model) is Functional
 
 
 def stock_layers(model: keras.Model) -> keras.Model:
@@ -75,8 +28,6 @@ def stock_layers(model: keras.Model) -> keras.Model:
     Models without such layers, and models that are not plain functional ones (a registered
     network class, `DCM`), are returned unchanged.
     """
-    from dcm_keras.networks.common import BatchNormalization
-
     def holds_bn(m):
         return any(type(layer) is BatchNormalization
                    or (_is_plain_functional(layer) and holds_bn(layer)) for layer in m.layers)
@@ -90,12 +41,20 @@ def stock_layers(model: keras.Model) -> keras.Model:
         if type(layer) is not BatchNormalization:
             return layer  # shared, as in `model`
         twin = keras.layers.BatchNormalization.from_config(layer.get_config())
-        ndim = layer.input_spec.ndim if layer.input_spec is not None else 4
-        twin.build((None,) * (ndim - 1) + tuple(layer.gamma.shape))
+        twin.build(_bn_input_shape(layer))
         twin.set_weights(layer.get_weights())
         return twin
 
     return keras.models.clone_model(model, clone_function=stock)
+
+
+def _bn_input_shape(layer: keras.layers.BatchNormalization) -> tuple:
+    # Building reads only the size of the normalised axis, which may be channels-first (axis=1);
+    # the moving mean has that size whether or not the layer has `gamma` (scale=False).
+    ndim = layer.input_spec.ndim if layer.input_spec is not None else 4
+    shape = [None] * max(ndim, layer.axis + 1, -layer.axis)
+    shape[layer.axis] = int(layer.moving_mean.shape[0])
+    return tuple(shape)
 
 
 def save_network(model: keras.Model, path: str, overwrite: bool = False) -> str:
@@ -145,9 +104,6 @@ def load_network(path: str) -> keras.Model:
         raise ValueError(f"{path} is a corrupt .keras file: member {bad} fails its CRC check.")
     if "config.json" not in names:
         raise ValueError(f"{path} is not a .keras model file (no config.json inside).")
-    import dcm_keras.networks  # noqa: F401  (registers the network classes)
-    import dcm_keras.model  # noqa: F401  (registers DCM)
-
     try:
         model = keras.saving.load_model(path, safe_mode=True)
     except ValueError as error:  # e.g. safe_mode refusing a Lambda layer: Keras's words suffice

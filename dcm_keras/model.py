@@ -22,15 +22,14 @@ from typing import List, Optional, Sequence, Union
 import keras
 import numpy as np
 from keras import ops
-# The one container type Keras's MonitorCallback looks into for metric directions (Keras
-# 3.15 has no public equivalent); see DCMMetrics.
-from keras.src.trainers.compile_utils import MetricsList
 
+from dcm_keras import _keras_compat as compat
 from dcm_keras import connections as connections_lib
 from dcm_keras import losses as losses_lib
 from dcm_keras import validation
-from dcm_keras.export import export_network as _export_network
 from dcm_keras.multi_worker import MultiWorkerFixes
+from dcm_keras.summary import print_summary
+from dcm_keras.surgery import export_network as _export_network
 
 CE_NORMALIZATIONS = ("sum", "mean_per_network")
 _BETWEEN_NETWORKS = ("dense", "same_stage", "cross_stage", "final")
@@ -327,7 +326,7 @@ class DCM(MultiWorkerFixes, keras.Model):
         self.kd_tracker.update_state(kd, sample_weight=batch)
         self.wd_tracker.update_state(wd, sample_weight=batch)
         # Keras sums gradients over replicas, so each replica's share of the loss is 1/N.
-        return _scale_for_distribution(ce + kd + wd)
+        return compat.scale_loss_for_distribution(ce + kd + wd)
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         for metric, head in zip(self.head_accuracies, self.flat_heads):
@@ -364,8 +363,6 @@ class DCM(MultiWorkerFixes, keras.Model):
 
         `expand_nested=True` also prints Keras's layer-by-layer summary (other arguments go to it).
         """
-        from dcm_keras.summary import print_summary
-
         print_summary(self, print_fn)
         if expand_nested:
             super().summary(print_fn=print_fn, expand_nested=True, **kwargs)
@@ -394,7 +391,7 @@ class DCM(MultiWorkerFixes, keras.Model):
         return cls(**config)
 
 
-class DCMMetrics(MetricsList):
+class DCMMetrics(compat.MetricsList):
     """DCM's own metrics in the container Keras's monitoring callbacks search.
 
     `ModelCheckpoint`, `EarlyStopping` and `ReduceLROnPlateau` with `mode="auto"` find a metric's
@@ -408,15 +405,7 @@ class DCMMetrics(MetricsList):
 
 
 def _loss_mean(name: str) -> keras.metrics.Mean:
-    mean = keras.metrics.Mean(name=name)
-    mean._direction = "down"  # the attribute Keras's own loss metrics set (MeanMetricWrapper)
-    return mean
-
-
-def _scale_for_distribution(loss):
-    from keras.src.losses.loss import scale_loss_for_distribution
-
-    return scale_loss_for_distribution(loss)
+    return compat.mark_lower_is_better(keras.metrics.Mean(name=name))
 
 
 class KDWarmup(keras.callbacks.Callback):

@@ -15,13 +15,16 @@ keras/src/backend/tensorflow/trainer.py):
 
 `MultiWorkerFixes` is a mixin placed before `keras.Model` in a model's bases. Both fixes act only
 under a multi-worker MultiWorkerMirroredStrategy (decided when the step is traced, so there is no
-per-step cost) and do nothing elsewhere or on other backends.
+per-step cost) and do nothing elsewhere or on other backends. The private method overridden is
+declared, and checked against the installed Keras, in `dcm_keras._keras_compat`.
 """
 
 from __future__ import annotations
 
 import keras
 from keras import ops
+
+from dcm_keras import _keras_compat as compat
 
 
 def in_multi_worker_mode(strategy=None) -> bool:
@@ -40,6 +43,7 @@ def in_multi_worker_mode(strategy=None) -> bool:
 class MultiWorkerFixes:
     """Mixin: see the module docstring."""
 
+    @compat.override(keras.Model)
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         strategy = getattr(self, "_distribute_strategy", None)
         if iterator is not None and data_batch is None and in_multi_worker_mode(strategy):

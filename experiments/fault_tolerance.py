@@ -47,6 +47,7 @@ from typing import Optional
 import keras
 import numpy as np
 
+from dcm_keras import _keras_compat as compat
 from experiments import common
 
 METADATA_FILE = "training_metadata.json"
@@ -187,6 +188,7 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
             raise NonFiniteLoss(float(loss), epoch, None)
         super().on_epoch_end(epoch, logs)
 
+    @compat.override(keras.callbacks.BackupAndRestore)  # checks Keras still calls it, as (self)
     def _save_model(self):
         directory = self.backup_dir
         os.makedirs(directory, exist_ok=True)

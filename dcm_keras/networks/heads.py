@@ -31,8 +31,8 @@ import copy
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import keras
-from keras.src.models.functional import Functional
 
+from dcm_keras._keras_compat import Functional
 from dcm_keras.networks.common import BN_EPSILON, BN_MOMENTUM
 from dcm_keras.networks.weight_decay import l2_config, with_weight_decay
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 from typing import Optional
 
 import keras
-from keras.src.models.functional import Functional
 
+from dcm_keras._keras_compat import Functional
 from dcm_keras.networks.common import l2_regularizer
 
 
