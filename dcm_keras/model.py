@@ -369,9 +369,10 @@ class DCM(MultiWorkerFixes, keras.Model):
 
     # --- serialisation -------------------------------------------------------------------------
     def get_config(self):
+        # Keras's own entries (name, trainable, dtype policy) first; `connections` is the preset
+        # name or the resolved edge list (`self.connections` keeps what `resolve` validated).
         return {
-            "name": self.name,
-            "trainable": self.trainable,
+            **super().get_config(),
             "networks": [keras.saving.serialize_keras_object(n) for n in self.networks],
             "connections": connections_lib.serialize(self.connections),
             "temperature": self.temperature,

@@ -219,3 +219,42 @@ def test_stock_layers_keeps_other_models(dcm):
     assert stock_layers(dcm.networks[0]) is dcm.networks[0]  # a registered network class
     plain = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
     assert stock_layers(plain) is plain
+
+
+@pytest.mark.parametrize("bn_kwargs,shape", [
+    ({"scale": False}, (6, 6, 4)),  # no gamma
+    ({"center": False, "scale": False}, (6, 6, 4)),  # neither gamma nor beta
+    ({"axis": 1}, (4, 6, 6)),  # channels first
+    ({"axis": 1, "scale": False}, (4, 6, 6)),
+])
+def test_save_network_swaps_any_batch_normalization_for_keras_own(bn_kwargs, shape, tmp_path):
+    from dcm_keras.networks.common import BatchNormalization
+
+    keras.utils.set_random_seed(5)
+    inputs = keras.Input(shape)
+    bn = BatchNormalization(name="bn", **bn_kwargs)
+    outputs = keras.layers.Dense(3)(keras.layers.Flatten()(bn(inputs)))
+    model = keras.Model(inputs, outputs)
+    rng = np.random.default_rng(0)
+    bn.moving_mean.assign(rng.normal(0, 0.5, bn.moving_mean.shape))
+    bn.moving_variance.assign(rng.uniform(0.5, 1.5, bn.moving_variance.shape))
+    if bn.center:
+        bn.beta.assign(rng.normal(0, 0.5, bn.beta.shape))
+    path = dcm_keras.save_network(model, str(tmp_path / "bn.keras"))
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    assert type(loaded.get_layer("bn")) is keras.layers.BatchNormalization
+    x = rng.normal(size=(2,) + shape).astype("float32")
+    np.testing.assert_allclose(to_numpy(loaded(x, training=False)),
+                               to_numpy(model(x, training=False)), atol=1e-6, rtol=0)
+
+
+def test_network_config_names_input_shape_as_its_constructor(tmp_path):
+    net = networks.build("wrn_10_1", CLASSES, input_shape=IMAGE)
+    config = net.get_config()
+    assert config["input_shape"] == IMAGE and "image_shape" not in config
+    assert net.image_shape == IMAGE == tuple(net.input_shape[1:])  # the older name still reads
+    # A config as every saved file holds it (JSON: a list) loads.
+    old = {**config, "input_shape": list(IMAGE)}
+    assert tuple(type(net).from_config(old).input_shape[1:]) == IMAGE
+    path = dcm_keras.save_network(net, str(tmp_path / "net.keras"))
+    assert dcm_keras.load_network(path).image_shape == IMAGE

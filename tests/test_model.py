@@ -455,6 +455,41 @@ def test_edges_given_as_a_generator_are_kept_and_serialised():
     assert [(e.student, e.teacher, e.weight) for e in clone.edges] == edges
 
 
+def test_get_config_chains_to_keras_and_keeps_the_dtype_policy():
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        dcm = DCM([tiny_net("a"), tiny_net("b")], name="pair", trainable=False)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    config = dcm.get_config()
+    base = keras.Model.get_config(dcm)  # Keras's own entries: name, trainable, dtype
+    assert {key: config[key] for key in base} == base
+    assert (config["name"], config["trainable"]) == ("pair", False)
+    again = DCM.from_config(as_json(config))  # as a .keras file holds it
+    assert again.dtype_policy.name == "mixed_bfloat16" and again.trainable is False
+
+
+def test_config_written_before_the_dtype_entry_still_loads():
+    config = DCM([tiny_net("a"), tiny_net("b")]).get_config()
+    del config["dtype"]
+    assert DCM.from_config(config).dtype_policy.name == keras.mixed_precision.global_policy().name
+
+
+def test_what_is_serialised_is_the_resolved_edge_list():
+    given = [{"student": "net1_logits", "teacher": "net2_aux1"},
+             ["net2_logits", "net1_aux1", 3]]
+    dcm = DCM([tiny_net("a"), tiny_net("b")], connections=iter(given))
+    assert dcm.get_config()["connections"] == [[e.student, e.teacher, e.weight]
+                                               for e in dcm.edges]
+    assert dcm.get_config()["connections"] == [["net1_logits", "net2_aux1", 1.0],
+                                               ["net2_logits", "net1_aux1", 3.0]]
+    # A preset is kept by name (so the summary can say which) and resolves to the same edges.
+    preset = DCM([tiny_net("a"), tiny_net("b")], connections="cross_stage")
+    assert preset.get_config()["connections"] == "cross_stage"
+    assert DCM.from_config(preset.get_config()).edges == preset.edges
+
+
 def test_one_network_with_a_between_networks_preset_warns():
     with pytest.warns(UserWarning, match="no distillation edge"):
         DCM([tiny_net("a")], connections="dense")

@@ -177,18 +177,25 @@ class Backbone(keras.Model):
 
     def _keep_common_config(self, num_classes: int, input_shape: tuple, aux_heads: bool,
                             weight_decay: float, synchronized_bn: bool) -> None:
+        # `input_shape` is not stored: Keras's own `input_shape` property already holds it (with
+        # the batch axis), so the constructor argument and the attribute share one name.
+        del input_shape
         self.num_classes = num_classes
-        self.image_shape = input_shape
         self.aux_heads = aux_heads
         self.weight_decay = weight_decay
         self.synchronized_bn = synchronized_bn
+
+    @property
+    def image_shape(self) -> tuple:
+        """`(height, width, channels)`: `input_shape` without its batch axis (an older name)."""
+        return tuple(self.input_shape[1:])
 
     def get_config(self):
         return {
             "name": self.name,
             "trainable": self.trainable,
             "num_classes": self.num_classes,
-            "input_shape": self.image_shape,
+            "input_shape": tuple(self.input_shape[1:]),
             "aux_heads": self.aux_heads,
             "weight_decay": self.weight_decay,
             "synchronized_bn": self.synchronized_bn,
