@@ -21,7 +21,7 @@ needs_fashion = pytest.mark.skipif(not HAVE_FASHION, reason="Debian dataset-fash
 
 
 def _idx_bytes(array: np.ndarray, code: int) -> bytes:
-    dtype = data._IDX_DTYPES[code]
+    dtype = data.idx.IDX_DTYPES[code]
     header = bytes([0, 0, code, array.ndim]) + np.array(array.shape, ">u4").tobytes()
     return header + array.astype(dtype).tobytes()
 
@@ -115,7 +115,7 @@ def test_fashion_mnist_training_pipeline():
 def test_fashion_mnist_data_dir_holding_idx(tmp_path):
     rng = np.random.default_rng(0)
     for split, n in (("train", 12), ("test", 6)):
-        image_stem, label_stem = data._FASHION_FILES[split]
+        image_stem, label_stem = data.idx.FASHION_FILES[split]
         images = rng.integers(0, 256, (n, 28, 28)).astype(np.uint8)
         labels = np.arange(n, dtype=np.uint8) % 10
         (tmp_path / (image_stem + ".gz")).write_bytes(gzip.compress(_idx_bytes(images, 0x08)))

@@ -91,8 +91,9 @@ def test_cifar_comes_from_the_binary_archives():
     source = (Path(spec.origin).parent / "image_classification" / "cifar.py").read_text()
     assert "cifar-10-binary.tar.gz" in source and "cifar-100-binary.tar.gz" in source
     assert "python.tar.gz" not in source and "pickle" not in source
-    data_source = (REPO / "dcm_keras" / "data.py").read_text()
-    assert '"cifar10", "cifar100"' in data_source and "_tfds_builder(kind" in data_source
+    registry = (REPO / "dcm_keras" / "data" / "registry.py").read_text()
+    assert '(("cifar10", 10), ("cifar100", 100))' in registry
+    assert "DatasetSpec(_name, TfdsReader()" in registry
 
 
 def test_load_network_refuses_a_lambda_layer(tmp_path):
