@@ -26,16 +26,15 @@ data:
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist; \
 	fi
 
-# The whole suite under TensorFlow, then the core library tests again under JAX, each on
-# TEST_WORKERS pytest-xdist workers: most tests wait on subprocesses (TensorFlow start-up, tiny
-# training runs), so two workers on two cores take ~10 minutes where one takes ~17.
+# The whole suite under TensorFlow, then the core library tests (the files marked
+# `pytestmark = pytest.mark.core`) again under JAX, each on TEST_WORKERS pytest-xdist workers:
+# most tests wait on subprocesses (TensorFlow start-up, tiny training runs), so two workers on
+# two cores take ~10 minutes where one takes ~17.
 TEST_WORKERS ?= 2
-CORE_TESTS := tests/test_losses.py tests/test_model.py tests/test_export.py tests/test_connections.py \
-              tests/test_data_arrays.py tests/test_callbacks.py tests/test_shipping.py tests/test_summary.py
 
 test: venv data
 	KERAS_BACKEND=tensorflow TF_CPP_MIN_LOG_LEVEL=3 $(PY) -m pytest -q -n $(TEST_WORKERS) tests
-	KERAS_BACKEND=jax TF_CPP_MIN_LOG_LEVEL=3 $(PY) -m pytest -q -n $(TEST_WORKERS) $(CORE_TESTS)
+	KERAS_BACKEND=jax TF_CPP_MIN_LOG_LEVEL=3 $(PY) -m pytest -q -n $(TEST_WORKERS) -m core tests
 
 demo: venv data
 	TF_CPP_MIN_LOG_LEVEL=3 $(PY) -m experiments.compare --preset=demo --work_dir=$(WORK_DIR)/demo

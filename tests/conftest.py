@@ -1,6 +1,7 @@
-"""Shared test configuration: the `requires_tensorflow` marker.
+"""Shared test configuration: the `core` and `requires_tensorflow` markers.
 
-The core tests run under every Keras backend that `make test` covers (TensorFlow and JAX). A test
+The core tests (files with `pytestmark = pytest.mark.core`) run under every Keras backend that
+`make test` covers: the whole suite under TensorFlow, then `-m core` under JAX. A core test
 that exercises a TensorFlow-only feature (SavedModel export, tf.distribute, a comparison against
 the TensorFlow backend) is marked `@pytest.mark.requires_tensorflow("why")` and is skipped, with
 that reason, under any other backend.
@@ -11,6 +12,8 @@ import pytest
 
 
 def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "core: a core library test, also run under JAX (`make test` runs -m core)")
     config.addinivalue_line(
         "markers", "requires_tensorflow(reason): skip unless KERAS_BACKEND is tensorflow")
 

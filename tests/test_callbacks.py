@@ -2,8 +2,11 @@
 
 import keras
 import numpy as np
+import pytest
 
 from dcm_keras import DCM, networks
+
+pytestmark = pytest.mark.core  # also run under JAX by `make test` (-m core)
 
 IMAGE = (8, 8, 3)
 MONITORS = ("val_loss", "val_ce_loss", "val_net1_logits_acc")

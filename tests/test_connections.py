@@ -7,6 +7,8 @@ import pytest
 
 from dcm_keras import Edge, PRESETS, connections
 
+pytestmark = pytest.mark.core  # also run under JAX by `make test` (-m core)
+
 THREE = ["aux1", "aux2", "logits"]
 
 

@@ -11,6 +11,8 @@ import pytest
 
 from dcm_keras import data
 
+pytestmark = pytest.mark.core  # also run under JAX by `make test` (-m core)
+
 FASHION_DIR = data.FASHION_MNIST_DEBIAN_DIR
 HAVE_FASHION = os.path.isfile(os.path.join(FASHION_DIR, "train-images-idx3-ubyte.gz"))
 needs_fashion = pytest.mark.skipif(not HAVE_FASHION, reason="Debian dataset-fashion-mnist missing")

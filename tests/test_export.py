@@ -14,6 +14,8 @@ import dcm_keras
 from backend_helpers import to_numpy
 from dcm_keras import DCM, networks
 
+pytestmark = pytest.mark.core  # also run under JAX by `make test` (-m core)
+
 IMAGE = (8, 8, 3)
 CLASSES = 10
 

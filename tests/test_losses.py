@@ -18,6 +18,8 @@ from keras import ops
 from backend_helpers import gradients
 from dcm_keras import DCM, losses
 
+pytestmark = pytest.mark.core  # also run under JAX by `make test` (-m core)
+
 NUM_CLASSES = 7
 BATCH = 5
 # Two networks with three heads each, shallow to deep.

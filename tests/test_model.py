@@ -11,6 +11,8 @@ from keras import ops
 from backend_helpers import to_numpy, variable_gradients
 from dcm_keras import DCM, PRESETS, networks
 
+pytestmark = pytest.mark.core  # also run under JAX by `make test` (-m core)
+
 IMAGE = (8, 8, 3)
 
 

@@ -14,6 +14,8 @@ from backend_helpers import to_numpy
 from dcm_keras import DCM, networks
 from dcm_keras.data import DatasetInfo
 
+pytestmark = pytest.mark.core  # also run under JAX by `make test` (-m core)
+
 IMAGE = (8, 8, 3)
 INFO = DatasetInfo(name="toy", num_classes=10, image_shape=IMAGE, num_train=16, num_test=16,
                    mean=(0.49, 0.48, 0.45), std=(0.25, 0.24, 0.26),

@@ -1,6 +1,10 @@
 """`DCM.summary()` names the networks and shows heads and edges."""
 
+import pytest
+
 from dcm_keras import DCM, networks
+
+pytestmark = pytest.mark.core  # also run under JAX by `make test` (-m core)
 
 
 def test_summary_names_networks_heads_and_edges():
