@@ -38,14 +38,16 @@ LOG_DIR = "logs"
 PLOT_FILE = "test_error.png"
 # Flags that locate things rather than define the experiment: a resumed run may change them.
 NOT_IDENTITY = ("model_dir", "data_dir", "overwrite")
-# Every flag of experiments/train.py, in definition order: what flags.json records, a resume
-# compares, and a comparison config's `train_flags` may set (less what compare.py sets per run).
-RUN_FLAGS = ("method", "connections", "nets", "dataset", "data_dir", "image_size", "epochs",
-             "batch_size", "lr", "lr_boundaries", "lr_decay", "momentum", "weight_decay",
-             "temperature", "kd_weight", "kd_warmup_epochs", "ce_normalization",
-             "kd_normalization", "precision", "jit_compile", "distribute", "model_dir",
-             "seed", "deterministic", "max_train_examples", "max_test_examples", "eval_every",
-             "overwrite")
+
+
+class UserError(ValueError):
+    """A mistake in the command line, a config file or a run directory, which the user can fix.
+
+    The scripts end with its one-line message instead of a traceback. A ValueError, so callers
+    that caught the ValueErrors raised before still catch it. (The library's own type,
+    `dcm_keras.errors.UserError`, is not its base: importing dcm_keras starts TensorFlow, which
+    these checks run before.)
+    """
 
 
 def read_json(path: str) -> Optional[dict]:
@@ -211,8 +213,8 @@ def check_name(value: str, what: str) -> str:
     """
     if (not isinstance(value, str) or not value or value in (".", "..") or value.startswith(".")
             or os.sep in value or (os.altsep and os.altsep in value) or "\0" in value):
-        raise ValueError(f"{what} {value!r} is not a plain name (no path separators, no leading "
-                         "dot, not '..').")
+        raise UserError(f"{what} {value!r} is not a plain name (no path separators, no leading "
+                        "dot, not '..').")
     return value
 
 
@@ -227,16 +229,16 @@ def check_no_symlinks(root: str, *relative: str) -> None:
     for rel in relative:
         path = os.path.normpath(os.path.join(root, rel))
         if os.path.commonpath([root, path]) != root:
-            raise ValueError(f"{rel!r} would be written outside {root}.")
+            raise UserError(f"{rel!r} would be written outside {root}.")
         current = root
         for part in os.path.relpath(path, root).split(os.sep):
             if part in ("", os.curdir):
                 continue
             current = os.path.join(current, part)
             if os.path.islink(current):
-                raise ValueError(f"{current} is a symbolic link (to {os.readlink(current)}); "
-                                 "refusing to write through it. Remove it, or choose another "
-                                 "folder.")
+                raise UserError(f"{current} is a symbolic link (to {os.readlink(current)}); "
+                                "refusing to write through it. Remove it, or choose another "
+                                "folder.")
             if not os.path.isdir(current):
                 break  # nothing below it exists yet, so nothing below it can be a link
 

@@ -16,13 +16,14 @@ table does not depend on N, but the epoch times are then contended. `--no_train`
 and tabulates the runs already finished in `--work_dir` (e.g. run folders copied back from another
 machine), listing the others as missing.
 
-A config file is a JSON object like the presets below: `{"name": ..., "rows": [["wrn_16_2",
-"wrn_16_2"]], "methods": [...], "seeds": [...], "train_flags": {"dataset": ..., ...}}`.
+A config file is a JSON object like the presets, which are the files in experiments/configs/
+(`--preset=demo` reads `demo.json`): `{"name": ..., "rows": [["wrn_16_2", "wrn_16_2"]], "methods":
+[...], "seeds": [...], "train_flags": {"dataset": ..., ...}}`, optionally with a `"note"` printed
+under the table and a `"description"` of its own (not recorded with the results).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import subprocess
@@ -35,57 +36,33 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from absl import app, flags
 
 from experiments import common
+from experiments.common import UserError
+from experiments.config import RUN_FLAGS
 
-PRESETS: Dict[str, dict] = {
-    # The paper's published CIFAR-100 rows (WRN-28-10 pair; WRN-28-10 with MobileNet): the full
-    # recipe and five seeds, 2 x 3 x 5 runs of 200 epochs each. GPU machines only.
-    "paper_cifar100": {
-        "rows": [["wrn_28_10", "wrn_28_10"], ["wrn_28_10", "mobilenet"]],
-        "methods": ["baseline", "dml", "dcm"],
-        "seeds": [0, 1, 2, 3, 4],
-        "train_flags": {"dataset": "cifar100", "epochs": 200, "batch_size": 128, "lr": 0.1,
-                        "lr_boundaries": [60, 120, 160], "lr_decay": 0.2},
-    },
-    # The 4,096-image x 2-epoch point of docs/accuracy.md (the same flags as
-    # docs/results/configs/fmnist_n4096_e2.json): baseline vs DCM, 3 seeds, on the first 5,000
-    # test images. About 2 minutes on an idle 2-core CPU. The table's margin lines say whether
-    # DCM's difference from the baseline exceeds the seed spread, with its training-time multiple.
-    "demo": {
-        "rows": [["wrn_10_1", "wrn_10_1"]],
-        "methods": ["baseline", "dcm"],
-        "seeds": [0, 1, 2],
-        "train_flags": {"dataset": "fashion_mnist", "epochs": 2, "batch_size": 128, "lr": 0.1,
-                        "lr_boundaries": [1], "lr_decay": 0.2, "weight_decay": 0.0005,
-                        "max_train_examples": 4096, "max_test_examples": 5000},
-        "note": ("This is the 4,096 images x 2 epochs point of docs/accuracy.md, where 3 seeds "
-                 "of each method were run with these exact flags; a margin within the seed "
-                 "spread means these seeds do not separate DCM from training each network "
-                 "alone. At this short budget the networks under-fit and DCM was about 1 point "
-                 "behind in the study; it helped only once the networks fit their training set "
-                 "(at 1,024 images x 200 epochs, --preset=fmnist_long: -0.76 points on a GPU, "
-                 "-0.35 in a CPU rerun). "
-                 "See docs/accuracy.md."),
-    },
-    # The 1,024 x 200 point of docs/accuracy.md (docs/results/configs/fmnist_n1024_e200.json):
-    # the networks fit their training set and DCM beat the baseline by 0.76 points. The study
-    # ran it on one H100 with KERAS_BACKEND=jax and --jobs=12 in 169 s; baseline and DCM alone
-    # took 27 minutes on a 2-core CPU.
-    "fmnist_long": {
-        "rows": [["wrn_10_1", "wrn_10_1"]],
-        "methods": ["baseline", "dcm", "dml", "dsn"],
-        "seeds": [0, 1, 2],
-        "train_flags": {"dataset": "fashion_mnist", "batch_size": 128, "lr": 0.1,
-                        "lr_decay": 0.2, "weight_decay": 0.0005, "epochs": 200,
-                        "lr_boundaries": [100, 150], "max_train_examples": 1024,
-                        "eval_every": 20},
-        "note": ("This is the 1,024 images x 200 epochs point of docs/accuracy.md, where the "
-                 "networks fit their training set (99.8% training accuracy) and DCM had 0.76 "
-                 "points lower test error than the baseline over 3 seeds on a GPU (JAX), 0.35 "
-                 "in a TensorFlow rerun on a CPU."),
-    },
-}
+# The presets: comparison config files, in the same format as --config (copy one to start your
+# own). Each one's "description" says what it is for; it is not recorded with the results.
+PRESETS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 
-flags.DEFINE_enum("preset", "demo", list(PRESETS), "Which comparison to run.")
+
+def preset_names() -> List[str]:
+    """The names `--preset` accepts: the config files in `PRESETS_DIR`, without `.json`."""
+    return sorted(name[:-len(".json")] for name in os.listdir(PRESETS_DIR)
+                  if name.endswith(".json"))
+
+
+def preset_path(name: str) -> str:
+    """The config file of preset `name`; UserError naming the valid ones if there is none."""
+    names = preset_names()
+    if name not in names:
+        raise UserError(f"Unknown preset {name!r}; valid: {', '.join(names)}.")
+    return os.path.join(PRESETS_DIR, f"{name}.json")
+
+
+# Every preset as a dict, for code that read them here before they became files.
+PRESETS: Dict[str, dict] = {name: common.read_json(preset_path(name)) for name in preset_names()}
+
+flags.DEFINE_enum("preset", "demo", preset_names(),
+                  "Which comparison to run: a config file in experiments/configs/.")
 flags.DEFINE_string("config", None, "JSON file with a custom comparison (replaces --preset).")
 flags.DEFINE_string("work_dir", "runs/compare", "Where the runs, table and plot go.")
 flags.DEFINE_list("methods", None, f"Override the methods ({', '.join(common.METHODS)}).")
@@ -104,24 +81,22 @@ FLAGS = flags.FLAGS
 # What compare.py sets for each run; a config may set only the other run flags of train.py
 # (an allow-list: `flagfile`, say, could otherwise point a run at another --model_dir).
 PER_RUN = ("method", "nets", "seed", "model_dir", "overwrite")
-TRAIN_FLAGS = tuple(f for f in common.RUN_FLAGS if f not in PER_RUN)
+TRAIN_FLAGS = tuple(f for f in RUN_FLAGS if f not in PER_RUN)
 
 
 def load_config(preset: str, config_path: Optional[str], methods: Optional[Sequence[str]],
                 seeds: Optional[Sequence[str]], epochs: Optional[int],
                 max_train_examples: Optional[int]) -> dict:
     """The comparison to run: a preset or a config file, with the command line's overrides."""
-    if config_path:
-        config = common.read_json(config_path)
-        if config is None:
-            raise ValueError(f"--config {config_path} is missing or not a JSON object.")
-        config.setdefault("name", os.path.splitext(os.path.basename(config_path))[0])
-    else:
-        config = json.loads(json.dumps(PRESETS[preset]))
-        config["name"] = preset
+    path = config_path or preset_path(preset)
+    config = common.read_json(path)
+    if config is None:
+        raise UserError(f"--config {path} is missing or not a JSON object.")
+    config.setdefault("name", os.path.splitext(os.path.basename(path))[0])
+    config.pop("description", None)
     for key in ("rows", "methods", "seeds"):
         if not config.get(key):
-            raise ValueError(f"The comparison config needs a non-empty {key!r} list.")
+            raise UserError(f"The comparison config needs a non-empty {key!r} list.")
     config.setdefault("train_flags", {})
     if methods:
         config["methods"] = list(methods)
@@ -129,32 +104,32 @@ def load_config(preset: str, config_path: Optional[str], methods: Optional[Seque
         try:
             config["seeds"] = [int(s) for s in seeds]
         except ValueError:
-            raise ValueError(f"--seeds must be integers, got {','.join(seeds)}.")
+            raise UserError(f"--seeds must be integers, got {','.join(seeds)}.")
     if epochs:
         config["train_flags"]["epochs"] = epochs
     if max_train_examples:
         config["train_flags"]["max_train_examples"] = max_train_examples
     unknown = [m for m in config["methods"] if m not in common.METHODS]
     if unknown:
-        raise ValueError(f"Unknown method(s) {', '.join(unknown)}; valid: "
-                         f"{', '.join(common.METHODS)}.")
+        raise UserError(f"Unknown method(s) {', '.join(unknown)}; valid: "
+                        f"{', '.join(common.METHODS)}.")
     if "baseline" not in config["methods"]:
         print("note: no baseline among the methods; the time multiple column is left empty.")
     if not isinstance(config["train_flags"], dict):
-        raise ValueError("train_flags must be a JSON object of experiments.train flags.")
+        raise UserError("train_flags must be a JSON object of experiments.train flags.")
     for key in config["train_flags"]:
         if key in PER_RUN:
-            raise ValueError(f"train_flags may not set {key!r}: the comparison sets it per run.")
+            raise UserError(f"train_flags may not set {key!r}: the comparison sets it per run.")
         if key not in TRAIN_FLAGS:
-            raise ValueError(f"train_flags may not set {key!r}: it is not a run flag of "
-                             f"experiments.train. Valid: {', '.join(TRAIN_FLAGS)}.")
+            raise UserError(f"train_flags may not set {key!r}: it is not a run flag of "
+                            f"experiments.train. Valid: {', '.join(TRAIN_FLAGS)}.")
     if not all(isinstance(s, int) and not isinstance(s, bool) for s in config["seeds"]):
-        raise ValueError(f"Seeds must be integers, got {config['seeds']!r}.")
+        raise UserError(f"Seeds must be integers, got {config['seeds']!r}.")
     # They become folder names under --work_dir: nothing may lead out of it.
     common.check_name(config["name"], "The comparison name")
     for nets in config["rows"]:
         if not isinstance(nets, list) or not nets:
-            raise ValueError(f"Each row must be a non-empty list of networks, got {nets!r}.")
+            raise UserError(f"Each row must be a non-empty list of networks, got {nets!r}.")
         for net in nets:
             common.check_name(net, "Network name")
     return config
@@ -514,14 +489,14 @@ def compare(config: dict, work_dir: str, jobs: int = 1, no_train: bool = False) 
             continue
         diffs = [k for k, v in train_flags.items() if not _same_value(done["flags"].get(k), v)]
         if diffs:
-            raise ValueError(f"{directory} holds a finished run with other settings "
-                             f"({', '.join(diffs)}); it is kept: use another --work_dir.")
+            raise UserError(f"{directory} holds a finished run with other settings "
+                            f"({', '.join(diffs)}); it is kept: use another --work_dir.")
         print(f"{label}: reusing the finished run in {directory} (skipped)", flush=True)
         print(_test_error_line(label, done), flush=True)
         results[key] = done
     if no_train and not results:
-        raise ValueError(f"--no_train: none of the {len(keys)} runs of comparison "
-                         f"{config['name']!r} has finished in {out_dir}; nothing to tabulate.")
+        raise UserError(f"--no_train: none of the {len(keys)} runs of comparison "
+                        f"{config['name']!r} has finished in {out_dir}; nothing to tabulate.")
 
     os.makedirs(out_dir, exist_ok=True)
     failed = []
@@ -579,7 +554,7 @@ def main(argv: List[str]) -> None:
         config = load_config(FLAGS.preset, FLAGS.config, FLAGS.methods, FLAGS.seeds,
                              FLAGS.epochs, FLAGS.max_train_examples)
         failures = compare(config, FLAGS.work_dir, jobs=FLAGS.jobs, no_train=FLAGS.no_train)
-    except (ValueError, OSError) as e:
+    except (UserError, OSError) as e:  # anything else is a bug and keeps its traceback
         sys.exit(f"error: {common.one_line(e)}")
     if failures:
         sys.exit(f"error: {failures} run(s) failed; see their train.log.")

@@ -40,6 +40,7 @@ DCM's weights as `<folder>/<task>_<index>.weights.h5` (`chief_0` outside multi-w
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.util
 import json
 import math
@@ -48,11 +49,13 @@ import shutil
 import sys
 import tempfile
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import Iterator, List, NamedTuple, Optional, Tuple
 
 from absl import app, flags
 
 from experiments import common, plots
+from experiments.config import RUN_FLAGS, TrainConfig, parse_boundaries, parse_connections, \
+    parse_json
 
 METHOD_HELP = ("baseline: networks alone; dsn: + auxiliary heads (deep supervision); dks: + KD "
                "between heads of one network; dml: KD between final heads; dcm: heads + dense "
@@ -116,96 +119,42 @@ flags.DEFINE_integer("eval_every", 1, "Evaluate on the test split every N epochs
 flags.DEFINE_bool("overwrite", False, "Replace a run with different flags in --model_dir.")
 flags.mark_flag_as_required("model_dir")
 
-# Every flag above, in definition order: what flags.json records and a resume compares.
-RUN_FLAGS = common.RUN_FLAGS
 FLAGS = flags.FLAGS
+# The error the script ends with in one line; its own checks raise it too.
+UserError = common.UserError
 
 
-class UserError(Exception):
-    """A problem with the flags, the run directory or the data that the user can fix."""
+def _user_error_types(*also: type) -> Tuple[type, ...]:
+    """The exception types that `user_errors` reports in one line."""
+    # The library's type is looked up, not imported: importing dcm_keras starts TensorFlow, and
+    # until something has imported it nothing raised can be of its type.
+    library = sys.modules.get("dcm_keras.errors")
+    return (UserError, OSError, *also) + ((library.UserError,) if library else ())
 
 
 @contextlib.contextmanager
-def user_errors():
-    """Turns the errors of configuration and data checks into `UserError`s.
+def user_errors(*also: type) -> Iterator[None]:
+    """Turns the user mistakes raised inside into one-line `UserError`s; the rest propagates.
 
-    Only set-up runs inside it: an error while training is a bug and keeps its traceback.
+    A user mistake is a `UserError` (this script's checks), a `dcm_keras.errors.UserError` (the
+    library's), an OSError (a --model_dir that cannot be written, a missing data folder), or one
+    of `also`: what a step's library calls raise for bad input without a type of their own. Only
+    set-up runs inside it, and anything else (a TypeError or a KeyError from a bug, say) keeps its
+    traceback.
     """
     try:
         yield
-    # RuntimeError: the data module's "could not prepare tfds dataset ..." (no internet).
-    # OSError: a --model_dir that cannot be written (read-only, full).
-    except (ValueError, OSError, RuntimeError) as e:
-        raise UserError(common.one_line(e)) from e
-
-
-def _json(text: str, what: str):
-    """`text` parsed as JSON; a ValueError naming `what` and the position when it is not."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{what} is not valid JSON ({e.msg} at character {e.pos}).")
-
-
-def parse_connections(text: Optional[str]):
-    """`--connections` as a preset name or a list of edges; raises ValueError when unreadable."""
-    if text is None:
-        return None
-    text = text.strip()
-    if text.startswith("["):
-        edges = _json(text, "--connections")
-        if not isinstance(edges, list):
-            raise ValueError("--connections JSON must be a list of [student, teacher, weight].")
-        for k, edge in enumerate(edges):
-            _check_edge(edge, k)
-        return edges
-    from dcm_keras.connections import PRESETS  # imports TensorFlow: only when needed
-
-    if text not in PRESETS:
-        raise ValueError(f"Unknown --connections {text!r}. Valid: {', '.join(PRESETS)}, or a "
-                         "JSON list of [student, teacher, weight] edges.")
-    return text
-
-
-def _check_edge(edge, k: int) -> None:
-    """Refuses an edge of `--connections` JSON that is not [student, teacher(, weight)]."""
-    where = f"--connections edge {k + 1} ({json.dumps(edge)})"
-    if isinstance(edge, dict):
-        unknown = sorted(set(edge) - {"student", "teacher", "weight"})
-        if unknown or "student" not in edge or "teacher" not in edge:
-            raise ValueError(f"{where} must have the keys student, teacher and optionally "
-                             "weight" + (f", not {', '.join(unknown)}" if unknown else "") + ".")
-        edge = [edge["student"], edge["teacher"]] + ([edge["weight"]] if "weight" in edge else [])
-    if not isinstance(edge, list) or len(edge) not in (2, 3):
-        raise ValueError(f"{where} must be [student, teacher] or [student, teacher, weight].")
-    if not all(isinstance(head, str) and head for head in edge[:2]):
-        raise ValueError(f"{where}: student and teacher must be head names such as "
-                         "\"net1_logits\".")
-    if len(edge) == 3:
-        weight = edge[2]
-        if (not isinstance(weight, (int, float)) or isinstance(weight, bool)
-                or not math.isfinite(weight) or weight < 0):
-            raise ValueError(f"{where}: the weight must be a finite number >= 0, got "
-                             f"{json.dumps(weight)}.")
-
-
-def parse_boundaries(values: List[str]) -> List[int]:
-    """`--lr_boundaries` as strictly increasing positive epochs."""
-    try:
-        epochs = [int(v) for v in values]
-    except ValueError:
-        raise ValueError(f"--lr_boundaries must be integers (epochs), got {','.join(values)}.")
-    if any(e < 1 for e in epochs) or any(b <= a for a, b in zip(epochs, epochs[1:])):
-        raise ValueError("--lr_boundaries must be strictly increasing epochs >= 1, got "
-                         f"{','.join(values)}.")
-    return epochs
+    except Exception as e:
+        if isinstance(e, _user_error_types(*also)):
+            raise UserError(common.one_line(e)) from e
+        raise
 
 
 def _check(validator, name):
     def check(value):
         try:
             validator(value)
-        except ValueError as e:
+        except UserError as e:
             raise flags.ValidationError(common.one_line(e))
         return True
 
@@ -219,11 +168,6 @@ DATASETS = ("cifar10", "cifar100", "fashion_mnist", "imagenet2012", "image_folde
 flags.register_validator(
     "dataset", lambda v: v in DATASETS[:-1] or (v.startswith("image_folder:") and len(v) > 13),
     f"valid datasets: {', '.join(DATASETS)}")
-
-
-def run_flags() -> Dict[str, object]:
-    """This run's flags as a JSON-ready dict."""
-    return {name: FLAGS[name].value for name in RUN_FLAGS}
 
 
 def flagfile_text() -> str:
@@ -251,42 +195,54 @@ def resolve_precision(precision: str) -> str:
     return "mixed_bfloat16" if cpu_flags & {"avx512_bf16", "amx_bf16"} else "float32"
 
 
-def parse_tf_config(text: Optional[str]) -> Tuple[str, int, bool, int]:
-    """`(task type, index, whether it is the chief, number of workers)` from `$TF_CONFIG`.
+class Task(NamedTuple):
+    """This process's place in the run: one chief alone, or a worker of a multi-worker run."""
 
-    Raises ValueError, naming the problem, for a value that MultiWorkerMirroredStrategy could
+    type: str
+    index: int
+    chief: bool
+    workers: int
+
+
+ALONE = Task("chief", 0, True, 1)
+
+
+def parse_tf_config(text: Optional[str]) -> Task:
+    """This process's `Task` (type, index, chief or not, number of workers) from $TF_CONFIG.
+
+    Raises UserError, naming the problem, for a value that MultiWorkerMirroredStrategy could
     not use: missing, not JSON, no cluster, or no entry in the cluster for this worker.
     """
     if not text or not text.strip():
-        raise ValueError("--distribute=multi_worker needs $TF_CONFIG, e.g. {\"cluster\": "
-                         "{\"worker\": [\"host1:2222\", \"host2:2222\"]}, \"task\": "
-                         "{\"type\": \"worker\", \"index\": 0}}.")
-    config = _json(text, "$TF_CONFIG")
+        raise UserError("--distribute=multi_worker needs $TF_CONFIG, e.g. {\"cluster\": "
+                        "{\"worker\": [\"host1:2222\", \"host2:2222\"]}, \"task\": "
+                        "{\"type\": \"worker\", \"index\": 0}}.")
+    config = parse_json(text, "$TF_CONFIG")
     if not isinstance(config, dict):
-        raise ValueError("$TF_CONFIG must be a JSON object with \"cluster\" and \"task\".")
+        raise UserError("$TF_CONFIG must be a JSON object with \"cluster\" and \"task\".")
     cluster = config.get("cluster")
     if (not isinstance(cluster, dict) or not cluster
             or not all(isinstance(v, list) and v and all(isinstance(a, str) and a for a in v)
                        for v in cluster.values())):
-        raise ValueError("$TF_CONFIG has no usable \"cluster\": it must map task types (chief, "
-                         "worker) to lists of \"host:port\" addresses.")
+        raise UserError("$TF_CONFIG has no usable \"cluster\": it must map task types (chief, "
+                        "worker) to lists of \"host:port\" addresses.")
     unsupported = sorted(set(cluster) - {"chief", "worker"})
     if unsupported:
-        raise ValueError(f"$TF_CONFIG's cluster has {', '.join(unsupported)} tasks; "
-                         "MultiWorkerMirroredStrategy runs only chief and worker tasks.")
+        raise UserError(f"$TF_CONFIG's cluster has {', '.join(unsupported)} tasks; "
+                        "MultiWorkerMirroredStrategy runs only chief and worker tasks.")
     task = config.get("task")
     kind = task.get("type") if isinstance(task, dict) else None
     index = task.get("index", 0) if isinstance(task, dict) else None
     if not isinstance(kind, str) or not isinstance(index, int) or isinstance(index, bool):
-        raise ValueError("$TF_CONFIG lacks this worker: it needs \"task\": {\"type\": ..., "
-                         f"\"index\": ...}}, got {json.dumps(task)}.")
+        raise UserError("$TF_CONFIG lacks this worker: it needs \"task\": {\"type\": ..., "
+                        f"\"index\": ...}}, got {json.dumps(task)}.")
     if kind not in cluster or not 0 <= index < len(cluster[kind]):
         listed = ", ".join(f"{k}: {len(v)} task{'s' * (len(v) != 1)}"
                            for k, v in cluster.items())
-        raise ValueError(f"$TF_CONFIG lacks this worker: task {kind} {index} is not in its cluster "
-                         f"({listed}; indices start at 0).")
+        raise UserError(f"$TF_CONFIG lacks this worker: task {kind} {index} is not in its cluster "
+                        f"({listed}; indices start at 0).")
     chief = kind == "chief" or (kind == "worker" and index == 0 and "chief" not in cluster)
-    return kind, index, chief, sum(len(v) for v in cluster.values())
+    return Task(kind, index, chief, sum(len(v) for v in cluster.values()))
 
 
 def _gpu_count() -> int:
@@ -314,17 +270,17 @@ class OneDevice:
         return contextlib.nullcontext()
 
 
-def check_backend(config: Dict[str, object], backend: str) -> None:
+def check_backend(config: TrainConfig, backend: str) -> None:
     """Refuses flags that only the TensorFlow backend implements, naming the alternative."""
     if backend == "tensorflow":
         return
-    if config["distribute"] in ("mirrored", "multi_worker"):
-        raise ValueError(f"--distribute={config['distribute']} uses tf.distribute and needs "
-                         f"KERAS_BACKEND=tensorflow (this is {backend}); on {backend} use "
-                         "--distribute=none or auto, which train on one device.")
-    if config["deterministic"]:
-        raise ValueError(f"--deterministic sets TensorFlow's op determinism and needs "
-                         f"KERAS_BACKEND=tensorflow (this is {backend}).")
+    if config.distribute in ("mirrored", "multi_worker"):
+        raise UserError(f"--distribute={config.distribute} uses tf.distribute and needs "
+                        f"KERAS_BACKEND=tensorflow (this is {backend}); on {backend} use "
+                        "--distribute=none or auto, which train on one device.")
+    if config.deterministic:
+        raise UserError(f"--deterministic sets TensorFlow's op determinism and needs "
+                        f"KERAS_BACKEND=tensorflow (this is {backend}).")
 
 
 def make_strategy(kind: str):
@@ -342,12 +298,6 @@ def make_strategy(kind: str):
     if kind == "mirrored":
         return tf.distribute.MirroredStrategy()
     return tf.distribute.get_strategy()
-
-
-def learning_rate(config: Dict, epoch: int) -> float:
-    """The paper's step schedule: `lr * lr_decay ** (number of boundaries <= epoch)`."""
-    passed = sum(epoch >= b for b in parse_boundaries(list(config["lr_boundaries"])))
-    return float(config["lr"]) * float(config["lr_decay"]) ** passed
 
 
 def epoch_stats_callback():
@@ -413,10 +363,10 @@ def _check_workers_agree(strategy, epoch: int, restore_dir: str) -> None:
     values = strategy.run(lambda: tf.constant([float(epoch), float(epoch) ** 2], tf.float64))
     mean, mean_square = strategy.reduce("MEAN", values, axis=None).numpy().tolist()
     if abs(mean_square - mean ** 2) > 1e-9:
-        raise ValueError(f"the workers found different backups to resume from (this one: {epoch} "
-                         f"epochs in {restore_dir}, the mean over workers: {mean:g}); "
-                         "--model_dir must be a folder that every worker sees (a shared file "
-                         "system).")
+        raise UserError(f"the workers found different backups to resume from (this one: {epoch} "
+                        f"epochs in {restore_dir}, the mean over workers: {mean:g}); "
+                        "--model_dir must be a folder that every worker sees (a shared file "
+                        "system).")
 
 
 def _written_paths(num_nets: int) -> List[str]:
@@ -427,7 +377,7 @@ def _written_paths(num_nets: int) -> List[str]:
         f"net{k + 1}.keras" for k in range(num_nets)]
 
 
-def _deployable(run: dict, k: int):
+def _deployable(run: Run, k: int):
     """Network k's deployable model (no auxiliary heads), always with plain BatchNormalization.
 
     It takes the dataset's raw pixel values and normalises them itself, and computes in float32
@@ -437,16 +387,13 @@ def _deployable(run: dict, k: int):
     (same weights) so that the exported file does not depend on tf.distribute, which Keras's
     synchronised BN needs to be loaded under another backend.
     """
-    dcm = run["dcm"]
-    if not run["synchronized_bn"]:
-        return dcm.export_network(k, preprocessing=run["info"])
-    from dcm_keras import export_network, networks
+    info = run.data.info
+    if not run.device.synchronized_bn:
+        return run.dcm.export_network(k, preprocessing=info)
+    from dcm_keras import export_network
 
-    config, info, trained = run["config"], run["info"], run["nets"][k]
-    plain = networks.build(config["nets"][k], info.num_classes, info.image_shape,
-                           aux_heads=common.METHODS[run["method"]][0],
-                           weight_decay=float(config["weight_decay"]), synchronized_bn=False)
-    plain.set_weights(trained.get_weights())
+    plain = _build_network(run.config, run.config.nets[k], info, synchronized_bn=False)
+    plain.set_weights(run.nets[k].get_weights())
     return export_network(plain, preprocessing=info)
 
 
@@ -483,8 +430,8 @@ def history_logger(path: str):
     return HistoryLogger(path, append=True)
 
 
-def train(config: Dict[str, object]) -> int:
-    """Runs (or resumes) the training described by `config` (= `run_flags()`). Returns 0.
+def train(config: TrainConfig) -> int:
+    """Runs (or resumes) the training described by `config`. Returns 0.
 
     Raises `UserError` for bad flags, a run directory holding another run, bad data, or a loss
     that became NaN or infinite.
@@ -501,13 +448,13 @@ def train(config: Dict[str, object]) -> int:
         try:
             return _fit_and_report(run, process_start)
         except OSError as e:  # a full disk or a folder that became unwritable
-            kept = committed_epoch(run["restore_dir"])
-            backup = (f"the backup of epoch {kept} in {run['restore_dir']} is intact: re-running "
+            kept = committed_epoch(run.restore_dir)
+            backup = (f"the backup of epoch {kept} in {run.restore_dir} is intact: re-running "
                       "this command resumes from it" if kept else "no epoch had been backed up")
             raise UserError(f"{common.one_line(e)}; {backup}.") from e
         except NonFiniteLoss as e:
-            kept = committed_epoch(run["restore_dir"])
-            backup = (f"the backup of epoch {kept} in {run['restore_dir']} is kept (re-running "
+            kept = committed_epoch(run.restore_dir)
+            backup = (f"the backup of epoch {kept} in {run.restore_dir} is kept (re-running "
                       "this command resumes from it)" if kept else "no epoch had finished, so "
                       "there is no backup")
             raise UserError(f"{e}: training diverged (is --lr too high?) and was stopped before "
@@ -517,174 +464,286 @@ def train(config: Dict[str, object]) -> int:
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def _prepare(config: Dict[str, object], scratch: List[str]) -> Optional[dict]:
-    """Checks the run directory, builds the model and the datasets; None if already complete.
+@dataclasses.dataclass(frozen=True)
+class RunDir:
+    """What `--model_dir` holds: the recorded flags of an earlier run, and whether to replace it."""
 
-    A non-chief worker of a multi-worker run appends the temporary folder it writes to `scratch`.
+    path: str  # absolute
+    previous: Optional[dict]  # that run's flags.json, None when there is none
+    replace: bool  # --overwrite of a run made with other flags
+
+    @property
+    def flags_path(self) -> str:
+        return os.path.join(self.path, common.FLAGS_FILE)
+
+
+@dataclasses.dataclass(frozen=True)
+class Device:
+    """Where the run computes: the Keras backend, its tf.distribute strategy and dtype policy."""
+
+    backend: str
+    strategy: object  # a tf.distribute strategy, or OneDevice
+    precision: str  # --precision with `auto` resolved
+
+    @property
+    def synchronized_bn(self) -> bool:
+        """Several replicas: batch statistics over the global batch, as on one device."""
+        return self.strategy.num_replicas_in_sync > 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Data:
+    """The dataset's description and sizes, and (once the resumed epoch is known) its pipelines."""
+
+    info: object  # dcm_keras.data's dataset info
+    num_train: int
+    num_test: int
+    steps_per_epoch: int
+    train: object = None
+    test: object = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """Everything `_fit_and_report` needs: built by `_prepare`'s steps."""
+
+    config: TrainConfig
+    task: Task
+    device: Device
+    data: Data
+    nets: list  # the networks, with their auxiliary heads
+    dcm: object  # the compiled DCM over `nets`
+    model_dir: str
+    out_dir: str  # model_dir on the chief; a temporary folder on other workers
+    backup: object  # the AtomicBackupAndRestore callback
+    initial_epoch: int
+
+    @property
+    def restore_dir(self) -> str:
+        """The chief's backup, which every worker resumes from."""
+        return os.path.join(self.model_dir, common.BACKUP_DIR)
+
+
+def _prepare(config: TrainConfig, scratch: List[str]) -> Optional[Run]:
+    """Checks the flags and the run directory, builds the model and the datasets; None if the
+    run is already complete.
+
+    Everything that can refuse the command runs before anything is written, the cheap checks
+    before the backend starts. A non-chief worker of a multi-worker run appends the temporary
+    folder it writes to `scratch`.
     """
-    model_dir = os.path.abspath(str(config["model_dir"]))
-    method = str(config["method"])
-    aux_heads, connections = common.METHODS[method]
-    if config["connections"] is not None:
-        connections = parse_connections(str(config["connections"]))
-    elif connections not in ("none", "dks") and len(config["nets"]) < 2:
-        raise ValueError(f"--method={method} distils between networks; give at least two --nets "
-                         "(e.g. --nets=wrn_16_2,wrn_16_2).")
-    boundaries = parse_boundaries(list(config["lr_boundaries"]))  # fails before any write
-    late = [b for b in boundaries if b >= int(config["epochs"])]
+    task = _check_flags(config)
+    run_dir = _check_run_dir(config, task)
+    if run_dir is None:
+        return None
+    device = _start_backend(config)  # the backend starts here: everything above is cheap
+    with user_errors(ValueError, RuntimeError):  # what the data module raises for bad input
+        data = _describe_data(config)
+    nets, dcm = _build_model(config, device, data)
+    out_dir, backup, initial_epoch = _restore(config, task, device, dcm, run_dir, scratch)
+    with user_errors(ValueError, RuntimeError):
+        data = _load_data(config, device, data, initial_epoch)
+    # Written only once everything above has been checked, so a bad command leaves no trace.
+    os.makedirs(out_dir, exist_ok=True)
+    if task.chief:
+        if run_dir.replace:
+            _clear_run(run_dir.path, run_dir.previous)
+        common.write_json(run_dir.flags_path, config.to_json())
+        common.write_text(os.path.join(run_dir.path, common.FLAGFILE), flagfile_text())
+    return Run(config=config, task=task, device=device, data=data, nets=nets, dcm=dcm,
+               model_dir=run_dir.path, out_dir=out_dir, backup=backup,
+               initial_epoch=initial_epoch)
+
+
+def _check_flags(config: TrainConfig) -> Task:
+    """Refuses flags that do not fit together; returns this process's task."""
+    if config.connections is not None:
+        parse_connections(config.connections)
+    elif config.distillation not in ("none", "dks") and len(config.nets) < 2:
+        raise UserError(f"--method={config.method} distils between networks; give at least two "
+                        "--nets (e.g. --nets=wrn_16_2,wrn_16_2).")
+    late = [b for b in config.boundaries if b >= config.epochs]  # fails before any write
     if late:
         print(f"note: --lr_boundaries {','.join(map(str, late))} are not below --epochs="
-              f"{config['epochs']}: the learning rate never drops at "
+              f"{config.epochs}: the learning rate never drops at "
               f"{'them' if len(late) > 1 else 'it'}.", flush=True)
-    common.check_data_dir(config["data_dir"])
-    task: Tuple[str, int, bool, int] = ("chief", 0, True, 1)
-    if config["distribute"] == "multi_worker":
-        task = parse_tf_config(os.environ.get("TF_CONFIG"))
-    chief = task[2]
+    common.check_data_dir(config.data_dir)
+    if config.distribute == "multi_worker":
+        return parse_tf_config(os.environ.get("TF_CONFIG"))
+    return ALONE
 
-    # --- the run directory: new, resumed, finished or holding another run --------------------
+
+def _check_run_dir(config: TrainConfig, task: Task) -> Optional[RunDir]:
+    """What `--model_dir` holds: new, resumed or replaced; None when it holds this run finished.
+
+    Refuses a directory holding another run (unless --overwrite), files of the user's under the
+    names a run writes, and symbolic links among them.
+    """
+    model_dir = os.path.abspath(config.model_dir)
     if os.path.exists(model_dir) and not os.path.isdir(model_dir):
         raise NotADirectoryError(f"--model_dir {model_dir} is a file, not a directory.")
-    flags_path = os.path.join(model_dir, common.FLAGS_FILE)
-    previous = common.read_json(flags_path)
+    previous = common.read_json(os.path.join(model_dir, common.FLAGS_FILE))
     replace = False
     if previous is not None:
-        diffs = common.flag_differences(previous, config)
-        if diffs and not config["overwrite"]:
-            raise ValueError(f"{model_dir} holds a run with different flags ({'; '.join(diffs)}); "
-                             "use another --model_dir or pass --overwrite to replace it.")
+        diffs = common.flag_differences(previous, config.to_json())
+        if diffs and not config.overwrite:
+            raise UserError(f"{model_dir} holds a run with different flags ({'; '.join(diffs)}); "
+                            "use another --model_dir or pass --overwrite to replace it.")
         if not diffs and common.completed_results(model_dir):
             print(f"Run in {model_dir} is already complete; see "
                   f"{os.path.join(model_dir, common.RESULTS_FILE)}. Nothing to do.", flush=True)
             shutil.rmtree(os.path.join(model_dir, common.BACKUP_DIR), ignore_errors=True)
             return None
         replace = bool(diffs)
-    if chief:  # refuses links before anything is written (or, with --overwrite, removed)
-        common.check_no_symlinks(model_dir, *_written_paths(len(config["nets"])))
-    if previous is None and chief and not config["overwrite"] and os.path.isdir(model_dir):
+    if task.chief:  # refuses links before anything is written (or, with --overwrite, removed)
+        common.check_no_symlinks(model_dir, *_written_paths(len(config.nets)))
+    if previous is None and task.chief and not config.overwrite and os.path.isdir(model_dir):
         # No flags.json, yet files under the names a run writes: not this script's run (it
         # writes flags.json before anything else), so they are the user's. Never replace them
         # (nor empty a backup/ folder of theirs) unasked.
-        taken = sorted({name.split(os.sep)[0] for name in _written_paths(len(config["nets"]))
+        taken = sorted({name.split(os.sep)[0] for name in _written_paths(len(config.nets))
                         if os.path.lexists(os.path.join(model_dir, name.split(os.sep)[0]))})
         if taken:
-            raise ValueError(f"{model_dir} holds {', '.join(taken)} but no flags.json, so not a "
-                             "run of this script; use another --model_dir or pass --overwrite to "
-                             "replace them.")
+            raise UserError(f"{model_dir} holds {', '.join(taken)} but no flags.json, so not a "
+                            "run of this script; use another --model_dir or pass --overwrite to "
+                            "replace them.")
+    return RunDir(model_dir, previous, replace)
 
-    # The backend starts here: everything above is cheap.
+
+def _start_backend(config: TrainConfig) -> Device:
+    """Imports the Keras backend and sets it up: strategy, dtype policy, seed, determinism."""
     import keras
-
-    from dcm_keras import DCM, data, networks
-    from experiments.fault_tolerance import AtomicBackupAndRestore
 
     backend = keras.backend.backend()
     check_backend(config, backend)
-    strategy = make_strategy(str(config["distribute"]))
-    precision = resolve_precision(str(config["precision"]))
+    strategy = make_strategy(config.distribute)
+    precision = resolve_precision(config.precision)
     keras.mixed_precision.set_global_policy(precision)
-    keras.utils.set_random_seed(int(config["seed"]))
-    if config["deterministic"]:
+    keras.utils.set_random_seed(config.seed)
+    if config.deterministic:
         import tensorflow as tf
 
         tf.config.experimental.enable_op_determinism()
+    return Device(backend, strategy, precision)
 
-    dataset = str(config["dataset"])
-    info = data.get_info(dataset, data_dir=config["data_dir"], image_size=config["image_size"])
-    batch_size = int(config["batch_size"])
-    num_train = min(info.num_train, config["max_train_examples"] or info.num_train)
-    num_test = min(info.num_test, config["max_test_examples"] or info.num_test)
-    steps_per_epoch = num_train // batch_size  # training batches drop their remainder
+
+def _describe_data(config: TrainConfig) -> Data:
+    """The dataset's description and the number of examples and steps the run uses."""
+    from dcm_keras import data
+
+    info = data.get_info(config.dataset, data_dir=config.data_dir, image_size=config.image_size)
+    num_train = min(info.num_train, config.max_train_examples or info.num_train)
+    num_test = min(info.num_test, config.max_test_examples or info.num_test)
+    steps_per_epoch = num_train // config.batch_size  # training batches drop their remainder
     if steps_per_epoch < 1:
-        raise ValueError(f"--batch_size={batch_size} exceeds the {num_train} training examples.")
+        raise UserError(f"--batch_size={config.batch_size} exceeds the {num_train} training "
+                        "examples.")
+    return Data(info, num_train, num_test, steps_per_epoch)
 
-    # Several replicas: batch statistics over the global batch, as on one device.
-    synchronized_bn = strategy.num_replicas_in_sync > 1
-    with strategy.scope():
-        nets = [networks.build(name, info.num_classes, info.image_shape, aux_heads=aux_heads,
-                               weight_decay=float(config["weight_decay"]),
-                               synchronized_bn=synchronized_bn)
-                for name in config["nets"]]
-        dcm = DCM(nets, connections=connections, temperature=float(config["temperature"]),
-                  kd_weight=float(config["kd_weight"]),
-                  kd_warmup_epochs=int(config["kd_warmup_epochs"]),
-                  ce_normalization=config["ce_normalization"],
-                  kd_normalization=config["kd_normalization"])
-        # The rate is set per epoch by LearningRateScheduler (see train_and_export).
-        optimizer = keras.optimizers.SGD(float(config["lr"]), momentum=float(config["momentum"]),
-                                         nesterov=False)
+
+def _build_model(config: TrainConfig, device: Device, data: Data) -> Tuple[list, object]:
+    """The networks and the compiled DCM over them, in the strategy's scope."""
+    import keras
+
+    from dcm_keras import DCM
+
+    with device.strategy.scope():
+        # The networks module reports a name or a shape it cannot build as a ValueError.
+        with user_errors(ValueError):
+            nets = [_build_network(config, name, data.info, device.synchronized_bn)
+                    for name in config.nets]
+        dcm = DCM(nets, connections=config.distillation, temperature=config.temperature,
+                  kd_weight=config.kd_weight, kd_warmup_epochs=config.kd_warmup_epochs,
+                  ce_normalization=config.ce_normalization,
+                  kd_normalization=config.kd_normalization)
+        # The rate is set per epoch by LearningRateScheduler (see _fit_and_report).
+        optimizer = keras.optimizers.SGD(config.lr, momentum=config.momentum, nesterov=False)
         # JAX runs its steps eagerly, op by op, unless they are compiled.
         dcm.compile(optimizer=optimizer,
-                    jit_compile=bool(config["jit_compile"]) if backend == "tensorflow" else True)
+                    jit_compile=config.jit_compile if device.backend == "tensorflow" else True)
+    return nets, dcm
 
-    # Non-chief workers write to a temporary folder (removed by `train`) and resume from the
-    # chief's backup: Keras's BackupAndRestore has no notion of workers, and all of them must
-    # save (reading synchronised variables takes every worker) but only one may write the run.
-    restore_dir = os.path.join(model_dir, common.BACKUP_DIR)
-    if chief:
-        out_dir = model_dir
+
+def _build_network(config: TrainConfig, name: str, info, synchronized_bn: bool):
+    """Network `name` with the method's heads, for the dataset `info` describes."""
+    from dcm_keras import networks
+
+    return networks.build(name, info.num_classes, info.image_shape, aux_heads=config.aux_heads,
+                          weight_decay=config.weight_decay, synchronized_bn=synchronized_bn)
+
+
+def _restore(config: TrainConfig, task: Task, device: Device, dcm, run_dir: RunDir,
+             scratch: List[str]) -> Tuple[str, object, int]:
+    """`(out_dir, backup callback, epoch to start at)`: the last finished epoch restored.
+
+    Non-chief workers write to a temporary folder (appended to `scratch`) and resume from the
+    chief's backup: Keras's BackupAndRestore has no notion of workers, and all of them must
+    save (reading synchronised variables takes every worker) but only one may write the run.
+    """
+    from experiments.fault_tolerance import AtomicBackupAndRestore, CheckpointError
+
+    restore_dir = os.path.join(run_dir.path, common.BACKUP_DIR)
+    if task.chief:
+        out_dir = run_dir.path
     else:
-        out_dir = tempfile.mkdtemp(prefix=f"dcm_{task[0]}{task[1]}_")
+        out_dir = tempfile.mkdtemp(prefix=f"dcm_{task.type}{task.index}_")
         scratch.append(out_dir)
     backup = AtomicBackupAndRestore(os.path.join(out_dir, common.BACKUP_DIR),
                                     restore_dir=restore_dir)
-    with strategy.scope():
+    with device.strategy.scope(), user_errors(CheckpointError):
         # Weights and optimizer state of the last finished epoch, also when no epoch is left to
         # train (a run killed while exporting must export the trained weights).
-        if replace:  # the old run's backup is about to go (the chief removes it below)
+        if run_dir.replace:  # the old run's backup is about to go (the chief removes it)
             backup.start_over()
             initial_epoch = 0
         else:
             initial_epoch = backup.restore(dcm)
-    if task[3] > 1:
-        _check_workers_agree(strategy, initial_epoch, restore_dir)
-    # epoch=initial_epoch: a resumed run sees exactly the batches an uninterrupted one would.
-    load_args = dict(batch_size=batch_size, data_dir=config["data_dir"],
-                     image_size=config["image_size"])
+    if task.workers > 1:
+        _check_workers_agree(device.strategy, initial_epoch, restore_dir)
+    return out_dir, backup, initial_epoch
+
+
+def _load_data(config: TrainConfig, device: Device, data: Data, initial_epoch: int) -> Data:
+    """`data` with its training and test pipelines.
+
+    epoch=initial_epoch: a resumed run sees exactly the batches an uninterrupted one would.
+    """
+    from dcm_keras import data as data_lib
+
+    load_args = dict(batch_size=config.batch_size, data_dir=config.data_dir,
+                     image_size=config.image_size)
     # tf.data on TensorFlow; elsewhere a Keras PyDataset over NumPy arrays, which needs no
     # TensorFlow for Fashion-MNIST (same normalisation and augmentation, other random draws).
-    load = data.load if backend == "tensorflow" else data.load_arrays
-    train_ds = load(dataset, "train", training=True, seed=int(config["seed"]),
-                    max_examples=config["max_train_examples"], epoch=initial_epoch, **load_args)
-    if backend == "tensorflow":
+    tensorflow = device.backend == "tensorflow"
+    load = data_lib.load if tensorflow else data_lib.load_arrays
+    train_ds = load(config.dataset, "train", training=True, seed=config.seed,
+                    max_examples=config.max_train_examples, epoch=initial_epoch, **load_args)
+    if tensorflow:
         import tensorflow as tf
 
         # The training pipeline's length is unknown to tf.data (it is a flat_map over epochs).
         # Keras then finds each epoch's end by running out of data, and that extra step still
         # advances optimizer.iterations, shifting the step-based lr schedule by one step per epoch.
-        train_ds = train_ds.apply(tf.data.experimental.assert_cardinality(steps_per_epoch))
-    test_ds = load(dataset, "test", training=False, max_examples=config["max_test_examples"],
+        train_ds = train_ds.apply(tf.data.experimental.assert_cardinality(data.steps_per_epoch))
+    test_ds = load(config.dataset, "test", training=False, max_examples=config.max_test_examples,
                    **load_args)
-
-    # Written only once everything above has been checked, so a bad command leaves no trace.
-    os.makedirs(out_dir, exist_ok=True)
-    if chief:
-        if replace:
-            _clear_run(model_dir, previous)
-        common.write_json(flags_path, config)
-        common.write_text(os.path.join(model_dir, common.FLAGFILE), flagfile_text())
-    return dict(config=config, model_dir=model_dir, out_dir=out_dir, backup=backup,
-                restore_dir=restore_dir, task=task, synchronized_bn=synchronized_bn,
-                chief=chief, method=method, info=info, dcm=dcm, nets=nets,
-                train_ds=train_ds, test_ds=test_ds, initial_epoch=initial_epoch,
-                steps_per_epoch=steps_per_epoch, batch_size=batch_size, num_train=num_train,
-                num_test=num_test, precision=precision, strategy=strategy, backend=backend)
+    return dataclasses.replace(data, train=train_ds, test=test_ds)
 
 
-def _fit_and_report(run: dict, process_start: float) -> int:
+def _fit_and_report(run: Run, process_start: float) -> int:
     """Trains from the last finished epoch, then exports networks and writes results."""
     import keras
 
     from dcm_keras import data, shipping
     from experiments.fault_tolerance import StopOnNonFiniteLoss, debug_pause
 
-    config, dcm, model_dir, out_dir = run["config"], run["dcm"], run["model_dir"], run["out_dir"]
-    epochs, initial_epoch = int(config["epochs"]), run["initial_epoch"]
+    config, dcm, model_dir, out_dir = run.config, run.dcm, run.model_dir, run.out_dir
+    epochs, initial_epoch = config.epochs, run.initial_epoch
     history_path = os.path.join(out_dir, common.HISTORY_FILE)
     callbacks = [
         # Epoch-granular drops, as the released code's (and PyTorch's MultiStepLR): every step of
         # epoch e uses lr * decay ** (boundaries passed), and a resumed run sets it again.
-        keras.callbacks.LearningRateScheduler(lambda epoch: learning_rate(config, epoch)),
+        keras.callbacks.LearningRateScheduler(config.learning_rate),
         epoch_stats_callback(),
         # Logged before the backup is taken: a kill in between re-runs (and re-logs) the epoch
         # rather than losing its row; read_history keeps the last row of each epoch.
@@ -693,7 +752,7 @@ def _fit_and_report(run: dict, process_start: float) -> int:
         StopOnNonFiniteLoss(),
         # Restored in _prepare; kept after training and removed only once results.json is
         # written, so a kill during export resumes with nothing left to train.
-        run["backup"],
+        run.backup,
     ]
     if importlib.util.find_spec("tensorflow") is not None:  # it writes through tf.summary
         callbacks.insert(2, keras.callbacks.TensorBoard(
@@ -701,9 +760,9 @@ def _fit_and_report(run: dict, process_start: float) -> int:
     else:
         print("TensorFlow is not installed: no TensorBoard logs (history.csv and results.json "
               "hold the same numbers).", flush=True)
-    if hasattr(run["train_ds"], "epoch_setter"):  # data.ArrayDataset: new draws every epoch
-        callbacks.insert(0, run["train_ds"].epoch_setter())
-    eval_every = int(config["eval_every"])
+    if hasattr(run.data.train, "epoch_setter"):  # data.ArrayDataset: new draws every epoch
+        callbacks.insert(0, run.data.train.epoch_setter())
+    eval_every = config.eval_every
     if initial_epoch >= epochs:
         print(f"Resuming {model_dir}: all {epochs} epochs are trained; exporting from the backup.",
               flush=True)
@@ -711,18 +770,17 @@ def _fit_and_report(run: dict, process_start: float) -> int:
         print(f"Resuming {model_dir} at epoch {initial_epoch + 1}/{epochs}.", flush=True)
     fit_logs = {}
     if initial_epoch < epochs:
-        fit_logs = dcm.fit(run["train_ds"], validation_data=run["test_ds"], epochs=epochs,
+        fit_logs = dcm.fit(run.data.train, validation_data=run.data.test, epochs=epochs,
                            initial_epoch=initial_epoch, callbacks=callbacks,
                            validation_freq=eval_every,
                            shuffle=False,  # the data module shuffles
                            verbose=1 if sys.stdout.isatty() else 2).history
     debug_dir = os.environ.get("DCM_DEBUG_WEIGHTS_DIR")
     if debug_dir:  # a test hook (see the module docstring)
-        task_type, task_index = run["task"][:2]
-        dcm.save_weights(os.path.join(debug_dir, f"{task_type}_{task_index}.weights.h5"))
+        dcm.save_weights(os.path.join(debug_dir, f"{run.task.type}_{run.task.index}.weights.h5"))
 
-    history = common.read_history(history_path) if run["chief"] else []
-    if config["distribute"] == "multi_worker":
+    history = common.read_history(history_path) if run.task.chief else []
+    if config.distribute == "multi_worker":
         # Every worker must take the same branch (evaluate is a collective), so decide on what
         # all of them know: whether this process trained the final epoch.
         if (len(fit_logs.get("loss", [])) == epochs - initial_epoch and epochs > initial_epoch
@@ -736,12 +794,12 @@ def _fit_and_report(run: dict, process_start: float) -> int:
             math.isfinite(last.get(f"val_{h}_acc", math.nan)) for h in dcm.flat_heads):
         # No usable row for the final epoch (e.g. history.csv was deleted): measure again.
         last = {f"val_{k}": v for k, v in
-                dcm.evaluate(run["test_ds"], verbose=0, return_dict=True).items()}
-    if not run["chief"]:
+                dcm.evaluate(run.data.test, verbose=0, return_dict=True).items()}
+    if not run.task.chief:
         return 0
 
     nets_summary = {}
-    for k, (name, net, heads, ids) in enumerate(zip(config["nets"], run["nets"], dcm.heads,
+    for k, (name, net, heads, ids) in enumerate(zip(config.nets, run.nets, dcm.heads,
                                                     dcm.head_ids)):
         deployable = _deployable(run, k)
         path = _save_model_atomically(deployable, os.path.join(model_dir, f"net{k + 1}.keras"))
@@ -760,41 +818,41 @@ def _fit_and_report(run: dict, process_start: float) -> int:
         nets_summary[f"net{k + 1}"] = entry
 
     median_train = common.steady_epoch_seconds(history)
-    info = run["info"]
+    info = run.data.info
     results = {
         "complete": True,
-        "flags": config,
-        "method": run["method"],
+        "flags": config.to_json(),
+        "method": config.method,
         "connections": [[e.student, e.teacher, e.weight] for e in dcm.edges],
         "dataset": {"name": info.name, "num_classes": info.num_classes,
                     "image_shape": list(info.image_shape), "mean": list(info.mean),
-                    "std": list(info.std), "train_examples": run["num_train"],
-                    "test_examples": run["num_test"],
+                    "std": list(info.std), "train_examples": run.data.num_train,
+                    "test_examples": run.data.num_test,
                     **({"classes": list(info.class_names)} if info.class_names else {}),
                     # Examples per class actually used (None where only a pass over the data
                     # could tell: tfds sources).
                     "train_class_counts": data.class_counts(
-                        str(config["dataset"]), "train", data_dir=config["data_dir"],
-                        max_examples=config["max_train_examples"], seed=int(config["seed"])),
+                        config.dataset, "train", data_dir=config.data_dir,
+                        max_examples=config.max_train_examples, seed=config.seed),
                     "test_class_counts": data.class_counts(
-                        str(config["dataset"]), "test", data_dir=config["data_dir"],
-                        max_examples=config["max_test_examples"])},
-        "backend": run["backend"],
-        "precision": run["precision"],
-        "replicas": run["strategy"].num_replicas_in_sync,
-        "workers": run["task"][3],
-        "synchronized_bn": run["synchronized_bn"],
+                        config.dataset, "test", data_dir=config.data_dir,
+                        max_examples=config.max_test_examples)},
+        "backend": run.device.backend,
+        "precision": run.device.precision,
+        "replicas": run.device.strategy.num_replicas_in_sync,
+        "workers": run.task.workers,
+        "synchronized_bn": run.device.synchronized_bn,
         "networks": nets_summary,
         # What net1.keras, ... take: raw pixels, normalised inside (see dcm_keras.shipping).
         "export": {**shipping.describe(info), "precision": "float32"},
         "epochs": epochs,
-        "steps_per_epoch": run["steps_per_epoch"],
+        "steps_per_epoch": run.data.steps_per_epoch,
         "resumed_at_epoch": initial_epoch,
         # Summed over epochs, so a run resumed after a kill reports its whole training time.
         "wall_time_s": sum(row.get("epoch_seconds", 0.0) for row in history),
         "process_wall_time_s": time.perf_counter() - process_start,
         "epoch_train_seconds_median": median_train,
-        "train_images_per_sec": (run["steps_per_epoch"] * run["batch_size"] / median_train
+        "train_images_per_sec": (run.data.steps_per_epoch * config.batch_size / median_train
                                  if median_train else None),
         "versions": common.versions(),
         # Epochs without an evaluation have NaN test columns in history.csv; JSON gets null.
@@ -802,11 +860,11 @@ def _fit_and_report(run: dict, process_start: float) -> int:
                      for k, v in row.items()} for row in history],
     }
     plots.plot_test_error(history, {f"net{k + 1}": (name, heads) for k, (name, heads)
-                              in enumerate(zip(config["nets"], dcm.heads))},
+                              in enumerate(zip(config.nets, dcm.heads))},
                     os.path.join(model_dir, common.PLOT_FILE),
-                    f"{run['method']}: {' + '.join(config['nets'])} on {info.name}")
+                    f"{config.method}: {' + '.join(config.nets)} on {info.name}")
     common.write_json(os.path.join(model_dir, common.RESULTS_FILE), results)
-    shutil.rmtree(run["restore_dir"], ignore_errors=True)
+    shutil.rmtree(run.restore_dir, ignore_errors=True)
     summary = ", ".join(f"{k} ({v['architecture']}) {v['test_error']['logits']:.2f}%"
                         for k, v in nets_summary.items())
     print(f"Test error: {summary}. Results in {model_dir}.", flush=True)
@@ -817,7 +875,7 @@ def main(argv: List[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     try:
-        sys.exit(train(run_flags()))
+        sys.exit(train(TrainConfig.from_flags(FLAGS)))
     except UserError as e:
         sys.exit(f"error: {e}")
     except KeyboardInterrupt:  # Ctrl-C: the checkpoints make this a pause, not a crash

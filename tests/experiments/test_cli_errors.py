@@ -130,3 +130,67 @@ def test_evaluate_missing_model(outcomes):
 def test_compare_unknown_method(outcomes):
     message = one_line_error(outcomes["compare_method"])
     assert "foo" in message and "baseline" in message
+
+
+# Runs experiments.train with one library function replaced by one that raises: $PATCH is
+# `module:attribute.path:ErrorType`, the type a builtin or one of dcm_keras.errors.
+_PATCHED_TRAIN = """
+import builtins, functools, importlib, os, sys
+from absl import app
+import dcm_keras.errors
+from experiments import train
+
+module, path, kind = os.environ["PATCH"].split(":")
+error = getattr(dcm_keras.errors, kind, None) or getattr(builtins, kind)
+*owners, name = path.split(".")
+owner = functools.reduce(getattr, owners, importlib.import_module(module))
+
+def broken(*args, **kwargs):
+    raise error("injected by the test")
+
+setattr(owner, name, broken)
+app.run(train.main)
+"""
+
+
+@pytest.fixture(scope="module")
+def patched(tmp_path_factory, small_folder):
+    """{case: (exit status, stderr lines, model_dir)} of train runs with a raising library call."""
+    import subprocess
+    import sys
+
+    from cli_helpers import REPO, env, message_lines
+
+    root = tmp_path_factory.mktemp("patched")
+    cases = {"bug_in_build": "dcm_keras.networks:build:TypeError",
+             "bug_in_compile": "dcm_keras.model:DCM.compile:ValueError",
+             "mistake_in_build": "dcm_keras.networks:build:UserError"}
+    procs = {}
+    for name, patch in cases.items():
+        args = _train(small_folder, root / name)[1:]  # without the script name
+        procs[name] = subprocess.Popen([sys.executable, "-c", _PATCHED_TRAIN, *args], cwd=REPO,
+                                       env={**env(), "PATCH": patch}, text=True,
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    outcomes = {}
+    for name, proc in procs.items():
+        _, err = proc.communicate(timeout=240)
+        outcomes[name] = (proc.returncode, message_lines(err), root / name)
+    return outcomes
+
+
+@pytest.mark.parametrize("case,error", [("bug_in_build", "TypeError"),
+                                        ("bug_in_compile", "ValueError")])
+def test_a_bug_keeps_its_traceback(patched, case, error):
+    """Only user mistakes become one line: a TypeError, or a ValueError where no user input is
+    checked, is a bug, and its traceback says where it happened."""
+    code, lines, model_dir = patched[case]
+    assert code != 0
+    assert any("Traceback" in line for line in lines), lines
+    assert f"{error}: injected by the test" in lines[-1], lines
+    assert not any(line.startswith("error:") for line in lines), lines
+    assert not model_dir.exists()  # set-up failed before anything was written
+
+
+def test_a_library_user_error_is_one_line(patched):
+    assert one_line_error(patched["mistake_in_build"]) == "error: injected by the test"
+    assert not patched["mistake_in_build"][2].exists()

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from cli_helpers import TINY_TRAIN_FLAGS, describe, run
+from experiments.config import RUN_FLAGS, TrainConfig
 
 # The scripts run with TensorFlow-only parts (tf.distribute, op determinism, tf.data); once
 # per `make test` is enough, so a session under another Keras backend skips them.
@@ -50,6 +51,9 @@ def test_flags_are_recorded(smoke_run):
     assert recorded["epochs"] == EPOCHS and recorded["batch_size"] == 20
     assert recorded["lr_boundaries"] == ["1"] and recorded["lr"] == 0.05
     assert recorded["weight_decay"] == 5e-4 and recorded["momentum"] == 0.9
+    # Every run flag, in TrainConfig's field order, and nothing else.
+    assert list(recorded) == list(RUN_FLAGS)
+    assert TrainConfig.from_json(recorded).to_json() == recorded
     flagfile = (model_dir / "flagfile.txt").read_text().splitlines()
     assert "--method=dcm" in flagfile and f"--model_dir={model_dir}" in flagfile
     assert "--epochs=2" in flagfile

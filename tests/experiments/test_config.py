@@ -1,0 +1,74 @@
+"""The typed run config of experiments.train (`TrainConfig`) and the comparison presets' files."""
+
+import dataclasses
+import json
+import os
+
+import pytest
+
+from experiments import common, compare
+from experiments.config import RUN_FLAGS, TrainConfig, parse_boundaries
+
+# flags.json of a run made before TrainConfig existed (the defaults, plus a model_dir).
+RECORDED = {
+    "method": "dcm", "connections": None, "nets": ["wrn_28_10", "wrn_28_10"],
+    "dataset": "cifar100", "data_dir": None, "image_size": None, "epochs": 200,
+    "batch_size": 128, "lr": 0.1, "lr_boundaries": ["60", "120", "160"], "lr_decay": 0.2,
+    "momentum": 0.9, "weight_decay": 0.0005, "temperature": 1.0, "kd_weight": 1.0,
+    "kd_warmup_epochs": 0, "ce_normalization": "sum", "kd_normalization": "sum",
+    "precision": "float32", "jit_compile": False, "distribute": "auto", "model_dir": "/runs/a",
+    "seed": 0, "deterministic": False, "max_train_examples": None, "max_test_examples": None,
+    "eval_every": 1, "overwrite": False}
+
+
+def test_flags_json_round_trips_unchanged():
+    config = TrainConfig.from_json(RECORDED)
+    assert config.nets == ("wrn_28_10", "wrn_28_10") and config.boundaries == [60, 120, 160]
+    # The same keys in the same order, the same values, the same text once written.
+    assert json.dumps(config.to_json(), indent=2) == json.dumps(RECORDED, indent=2)
+    assert list(RUN_FLAGS) == list(RECORDED)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.epochs = 3
+
+
+def test_an_incomplete_or_foreign_record_is_refused():
+    partial = {k: v for k, v in RECORDED.items() if k != "seed"}
+    with pytest.raises(common.UserError, match="missing seed"):
+        TrainConfig.from_json(partial)
+    with pytest.raises(ValueError, match="unknown flagfile"):  # still a ValueError
+        TrainConfig.from_json({**RECORDED, "flagfile": "x"})
+
+
+def test_schedule_and_method_defaults():
+    config = TrainConfig.from_json({**RECORDED, "method": "dml", "lr_boundaries": ["2", "4"]})
+    assert [config.learning_rate(e) for e in range(6)] == pytest.approx(
+        [0.1, 0.1, 0.02, 0.02, 0.004, 0.004])
+    assert config.aux_heads is False and config.distillation == "final"
+    edges = [["net1_logits", "net2_logits", 1]]
+    config = dataclasses.replace(config, connections=json.dumps(edges))
+    assert config.distillation == edges
+    with pytest.raises(common.UserError, match="strictly increasing"):
+        parse_boundaries(["5", "2"])
+
+
+def test_presets_are_config_files():
+    """--preset=NAME reads experiments/configs/NAME.json, in the format of --config files."""
+    assert compare.preset_names() == sorted(compare.PRESETS) == [
+        "demo", "fmnist_long", "paper_cifar100"]
+    for name in compare.preset_names():
+        path = os.path.join(compare.PRESETS_DIR, f"{name}.json")
+        from_preset = compare.load_config(name, None, None, None, None, None)
+        from_file = compare.load_config("demo", path, None, None, None, None)
+        assert from_preset == from_file and from_preset["name"] == name
+        assert "description" not in from_preset  # documentation, not recorded in table.json
+    with pytest.raises(common.UserError, match="demo, fmnist_long, paper_cifar100"):
+        compare.preset_path("nope")
+
+
+def test_the_presets_are_package_data():
+    """An installed package (not only a checkout) finds the preset files."""
+    tomllib = pytest.importorskip("tomllib")
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    with open(os.path.join(repo, "pyproject.toml"), "rb") as f:
+        package_data = tomllib.load(f)["tool"]["setuptools"]["package-data"]
+    assert "configs/*.json" in package_data["experiments"]
