@@ -21,6 +21,7 @@ from typing import Dict, List, Optional
 from absl import app, flags
 
 from experiments import common
+from experiments.common import UserError
 
 flags.DEFINE_string("model", None, "Path of a .keras network (e.g. runs/x/net1.keras).")
 flags.DEFINE_string("dataset", "cifar100",
@@ -44,7 +45,7 @@ def evaluate(model_path: str, dataset: str, split: str = "test", data_dir: Optio
     """Top-1 and top-5 error (%) of the network in `model_path` on a dataset split.
 
     Top-5 error is None when there are 5 classes or fewer (it would be 0 by construction).
-    Raises ValueError when the network does not fit the dataset.
+    Raises UserError (a ValueError) when the network does not fit the dataset.
     """
     import tensorflow as tf
 
@@ -59,15 +60,15 @@ def evaluate(model_path: str, dataset: str, split: str = "test", data_dir: Optio
     if contract is not None and contract["class_names"] and info.class_names and (
             list(contract["class_names"]) != list(info.class_names)):
         # Labels follow the sorted folder names: other names would silently score other classes.
-        raise ValueError(f"{model_path} was trained on the classes "
-                         f"{', '.join(contract['class_names'])}; {dataset} has "
-                         f"{', '.join(info.class_names)}.")
+        raise UserError(f"{model_path} was trained on the classes "
+                        f"{', '.join(contract['class_names'])}; {dataset} has "
+                        f"{', '.join(info.class_names)}.")
     # A whole DCM (what keras.callbacks.ModelCheckpoint saves): evaluate each of its networks.
     if isinstance(model, DCM):
         named = {f"net{k + 1}": model.export_network(k) for k in range(len(model.networks))}
     elif isinstance(model.output, (dict, list, tuple)):
-        raise ValueError(f"{model_path} has several outputs; evaluate a deployable network "
-                         "(net1.keras, as exported by experiments.train) or a whole DCM.")
+        raise UserError(f"{model_path} has several outputs; evaluate a deployable network "
+                        "(net1.keras, as exported by experiments.train) or a whole DCM.")
     else:
         named = {"network": model}
     contracts = {name: input_contract(net) for name, net in named.items()}
@@ -76,11 +77,11 @@ def evaluate(model_path: str, dataset: str, split: str = "test", data_dir: Optio
         if contracts[name] is not None:  # raw pixels in; what it normalises is the network's shape
             input_shape = tuple(contracts[name]["image_shape"])
         if input_shape != tuple(info.image_shape):
-            raise ValueError(f"{model_path} takes images of shape {input_shape}, {dataset} gives "
-                             f"{tuple(info.image_shape)} (set --image_size?).")
+            raise UserError(f"{model_path} takes images of shape {input_shape}, {dataset} gives "
+                            f"{tuple(info.image_shape)} (set --image_size?).")
         if classes != info.num_classes:
-            raise ValueError(f"{model_path} predicts {classes} classes, {dataset} has "
-                             f"{info.num_classes}.")
+            raise UserError(f"{model_path} predicts {classes} classes, {dataset} has "
+                            f"{info.num_classes}.")
     ds = data.load(dataset, split, batch_size=batch_size, training=False, data_dir=data_dir,
                    max_examples=max_examples, image_size=image_size)
     classes = info.num_classes
@@ -111,7 +112,7 @@ def evaluate(model_path: str, dataset: str, split: str = "test", data_dir: Optio
             correct[name][1] += int(topk)
         total += int(labels.shape[0])
     if total == 0:
-        raise ValueError(f"{dataset} {split} split has no examples.")
+        raise UserError(f"{dataset} {split} split has no examples.")
     scores = {name: {
         "input": "normalized" if contracts[name] is None else "pixels",
         "top1_error": 100.0 * (1 - correct[name][0] / total),
@@ -133,6 +134,8 @@ def main(argv: List[str]) -> None:
     try:
         result = evaluate(FLAGS.model, FLAGS.dataset, FLAGS.split, FLAGS.data_dir,
                           FLAGS.image_size, FLAGS.batch_size, FLAGS.max_examples)
+    # ValueError and RuntimeError too: dcm_keras's loader and data module report an unreadable
+    # or unsafe file, or a dataset they cannot prepare, with these.
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         sys.exit(f"error: {common.one_line(e)}")
     for name, score in result.get("networks", {"": result}).items():
