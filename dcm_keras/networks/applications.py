@@ -84,8 +84,8 @@ def build_application(name: str, num_classes: int, input_shape=(32, 32, 3),
                         name=name.lower())
 
 
-@register_network("keras:NAME", family="keras", regex=r"keras:(\w+)",
-                  example="keras:MobileNetV3Small")
+# The example is the application quickest to build (165 layers; MobileNetV3Small has 348).
+@register_network("keras:NAME", family="keras", regex=r"keras:(\w+)", example="keras:MobileNet")
 def keras_application(match, **kwargs) -> keras.Model:
     """`keras:NAME`: the `keras.applications` classifier NAME (see `build_application`)."""
     return build_application(match.group(1), **kwargs)

@@ -12,8 +12,9 @@ or one builder for a parametrised family of names, given a regex and a concrete 
     def wide_resnet(match, **kwargs) -> WideResNet: ...
 
 An exact-name builder takes `(num_classes, input_shape, aux_heads, **kwargs)`; a pattern builder
-takes the regex match first. Families register their members smallest first, so a family's first
-member (`representative`) is its cheapest to build, which is what the contract tests build.
+takes the regex match first. Families register their members smallest first, and a pattern's
+example is its cheapest member, so `representative(family)` is the family's cheapest network to
+build: what the contract tests (tests/networks/test_contract.py) build.
 
 This module imports no family, so the family modules import it without a cycle; importing
 `dcm_keras.networks` imports the families, which fills the registry.

@@ -17,6 +17,7 @@ CLASSES = 3
 # light heads keep the training and round-trip test fast, still at the "auto" branch points.
 TRAIN_HEAD = {"MobileNetV3Small": "replica", "keras_hub_resnet": "replica"}
 APPS = ["ResNet50V2", "MobileNetV3Small", "EfficientNetB0", "ConvNeXtTiny"]
+SMALL = (16, 16, 3)  # our own WRN-16-2, shared with test_contract.py (conftest.py)
 
 
 def _count(model) -> int:
@@ -117,8 +118,8 @@ def test_dcm_pair_trains_and_round_trips(name, apps, tmp_path):
     assert _count(dcm.export_network(0)) == _count(base)
 
 
-def test_replica_half_keeps_half_of_each_copied_stage():
-    plain = networks.build("wrn_16_2", 10, aux_heads=False)  # n = 2 blocks per stage
+def test_replica_half_keeps_half_of_each_copied_stage(built_network):
+    plain = built_network("wrn_16_2", 100, SMALL, False)  # n = 2 blocks per stage
     full = networks.attach_heads(plain)
     half = networks.attach_heads(plain, head="replica_half")
     names = {layer.name for layer in half.layers}
@@ -126,19 +127,19 @@ def test_replica_half_keeps_half_of_each_copied_stage():
     assert "aux2_stage3_block1_add" in names and "aux2_stage3_block2_add" not in names
     assert {"aux1_stage2_block2_add", "aux2_stage3_block2_add"} <= {l.name for l in full.layers}
     assert _count(plain) < _count(half) < _count(full)
-    out = half(_images(), training=False)
-    assert all(tuple(v.shape) == (2, 10) for v in out.values())
+    out = half(np.zeros((2,) + SMALL, "float32"), training=False)
+    assert all(tuple(v.shape) == (2, 100) for v in out.values())
 
 
-def test_replica_heads_on_our_wrn_16_2_versus_the_papers():
-    paper = networks.build("wrn_16_2", 100)
-    ours = networks.attach_heads(networks.build("wrn_16_2", 100, aux_heads=False))
+def test_replica_heads_on_our_wrn_16_2_versus_the_papers(built_network):
+    paper = built_network("wrn_16_2", 100, SMALL)
+    ours = networks.attach_heads(built_network("wrn_16_2", 100, SMALL, False))
     # "auto" finds the paper's branch points: the outputs of stages 1 and 2.
     assert ours.branch_points == ["stage1_block2_add", "stage2_block2_add"]
     shape = lambda model, name: tuple(model.get_layer(name).output.shape[1:])  # noqa: E731
     # aux1: the paper copies stage 2 and keeps n // 2 = 1 block of stage 3; a replica keeps both.
     assert "aux1_stage3_block2_add" not in {layer.name for layer in paper.layers}
-    assert shape(ours, "aux1_stage3_block2_add") == (8, 8, 128)
+    assert shape(ours, "aux1_stage3_block2_add") == (4, 4, 128)
     # aux2: the paper's stage-3 copy is twice as wide (128K = 256 channels); a replica is not.
     assert shape(paper, "aux2_stage3_block2_add")[-1] == 2 * shape(ours, "aux2_stage3_block2_add")[-1]
     assert _count(ours) < _count(paper)
@@ -218,11 +219,7 @@ def test_bad_models_and_branch_points_are_refused():
 
 
 def test_registry_builds_keras_applications_by_name(apps):
-    net = networks.build("keras:MobileNetV3Small", 10, input_shape=(28, 28, 1))  # below 32x32
-    assert list(net.output) == ["aux1", "aux2", "logits"] and net.weight_decay == 5e-4
-    assert tuple(net(np.zeros((2, 28, 28, 1)))["aux1"].shape) == (2, 10)
-    norms = [l for l in net.layers if isinstance(l, keras.layers.BatchNormalization)]
-    assert norms and all(l.momentum == networks.BN_MOMENTUM for l in norms)  # not 0.999
+    # Heads, padding below 32x32 and BN momentum: the keras family in test_contract.py.
     plain = networks.build("keras:EfficientNetB0", CLASSES, input_shape=(28, 28, 3),
                            aux_heads=False, weight_decay=0)
     assert list(plain.output) == ["logits"]

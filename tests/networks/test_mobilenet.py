@@ -1,28 +1,20 @@
-"""CIFAR MobileNet: the released model's parameter counts and the DCM head structure."""
+"""CIFAR MobileNet: the DCM head structure (the released model's parameter counts and the
+contract every family honours are in test_contract.py)."""
 
 import keras
 import numpy as np
 import pytest
 
-from dcm_keras import networks
 from dcm_keras.networks.mobilenet import MobileNet
 
 
-def _trainable(model) -> int:
-    return sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+INPUT = (16, 16, 3)  # as test_contract.py, which shares these builds
 
 
-@pytest.fixture(scope="module")
-def mobilenet():
-    """(with heads, without heads), 100 classes, CIFAR input."""
-    return (networks.build("mobilenet", num_classes=100),
-            networks.build("mobilenet", num_classes=100, aux_heads=False))
-
-
-def test_param_counts(mobilenet):
-    with_heads, without = mobilenet
-    assert _trainable(without) == 3_309_476
-    assert _trainable(with_heads) == 11_431_276
+@pytest.fixture
+def mobilenet(built_network):
+    """(with heads, without heads), 100 classes."""
+    return (built_network("mobilenet", 100, INPUT), built_network("mobilenet", 100, INPUT, False))
 
 
 def test_registered_class_and_name(mobilenet):
@@ -43,12 +35,12 @@ def _block_outputs(model, prefix):
 
 def test_block_layout(mobilenet):
     model = mobilenet[0]
-    assert _block_outputs(model, "layer1") == [(32, 64), (32, 128), (32, 128), (32, 256),
-                                               (32, 256)]
-    assert _block_outputs(model, "layer2") == [(16, 512)] * 6
-    assert _block_outputs(model, "layer3") == [(8, 1024)] * 2
-    assert _block_outputs(model, "aux1") == [(16, 512)] * 4 + [(8, 1024)] * 2
-    assert _block_outputs(model, "aux2") == [(8, 2048)] * 2
+    assert _block_outputs(model, "layer1") == [(16, 64), (16, 128), (16, 128), (16, 256),
+                                               (16, 256)]
+    assert _block_outputs(model, "layer2") == [(8, 512)] * 6
+    assert _block_outputs(model, "layer3") == [(4, 1024)] * 2
+    assert _block_outputs(model, "aux1") == [(8, 512)] * 4 + [(4, 1024)] * 2
+    assert _block_outputs(model, "aux2") == [(4, 2048)] * 2
 
 
 def test_block_is_depthwise_then_pointwise(mobilenet):
@@ -75,6 +67,6 @@ def test_untrained_logits_do_not_vanish(mobilenet):
     # Depthwise kernels need a fan-in of 9; Keras's default He-normal would give ~1e-16 logits.
     dw = mobilenet[0].get_layer("layer3_block1_dwconv")
     assert np.std(keras.ops.convert_to_numpy(dw.kernel)) == pytest.approx(np.sqrt(2 / 9), rel=0.1)
-    x = np.random.default_rng(0).normal(size=(4, 32, 32, 3)).astype("float32")
+    x = np.random.default_rng(0).normal(size=(4,) + INPUT).astype("float32")
     out = mobilenet[1](x, training=False)
     assert np.std(keras.ops.convert_to_numpy(out["logits"])) > 1e-2
