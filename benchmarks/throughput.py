@@ -48,7 +48,6 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -58,6 +57,8 @@ import time
 from typing import Dict, List, Optional
 
 from absl import app, flags
+
+from benchmarks.machine import cpu_info, cpu_kind, resolve_precision  # noqa: F401
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_PEER_SCRIPT = os.path.normpath(
@@ -114,8 +115,14 @@ flags.DEFINE_integer("matmul_size", 2048, "Side of the square matrices of the pe
                      lower_bound=16)
 flags.DEFINE_integer("matmul_repeats", 10, "Matmuls per dtype (the best is kept).", lower_bound=1)
 flags.DEFINE_bool("peer", False, "Also run the PyTorch peer, interleaved with our DCM pair.")
+PEER_MODES = {"fp32": "float32", "fp32+cl": "float32", "bf16": "mixed_bfloat16",
+              "bf16+cl": "mixed_bfloat16"}  # mode -> the precision of ours it is compared with
 flags.DEFINE_string("peer_python", "/tmp/peer-venv/bin/python", "Python of the peer's venv.")
 flags.DEFINE_string("peer_script", DEFAULT_PEER_SCRIPT, "The peer's torch_dcm_ref.py.")
+flags.DEFINE_list("peer_modes", list(PEER_MODES),
+                  "Modes of the peer (its 5th argument): fp32 (NCHW), fp32+cl (channels_last), "
+                  "bf16 (torch.autocast), bf16+cl. Ours is compared with the best mode of each "
+                  "precision.")
 flags.DEFINE_integer("peer_steps", 6, "Timed steps of each peer run (and of our windows then).",
                      lower_bound=1)
 flags.DEFINE_integer("peer_rounds", 4, "Rounds of (peer, ours float32, ours best), then a "
@@ -529,60 +536,29 @@ class Worker:
             self.wait()
 
 
-def run_peer(python: str, script: str, depth: int, width: int, batch: int, steps: int) -> dict:
-    """One run of the peer: images/s (its own timing) and the process's peak RSS."""
-    env = dict(os.environ)
+def run_peer(python: str, script: str, depth: int, width: int, batch: int, steps: int,
+             mode: str = "fp32") -> dict:
+    """One run of the peer in `mode`: images/s (its own timing) and the process's peak RSS."""
     start = time.perf_counter()
-    proc = subprocess.Popen([python, script, str(depth), str(width), str(batch), str(steps)],
+    proc = subprocess.Popen([python, script, str(depth), str(width), str(batch), str(steps), mode],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=os.path.dirname(os.path.abspath(script)), env=env)
+                            cwd=os.path.dirname(os.path.abspath(script)), env=dict(os.environ))
     out, err = proc.stdout.read(), proc.stderr.read()
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
-        raise RuntimeError(f"peer failed ({proc.returncode}): {err.strip()[-2000:]}")
+        raise RuntimeError(f"peer ({mode}) failed ({proc.returncode}): {err.strip()[-2000:]}")
     numbers = re.findall(r"[-+]?\d+(?:\.\d+)?", out.strip().splitlines()[-1] if out.strip() else "")
     if not numbers:
         raise RuntimeError(f"could not read images/s from the peer's output: {out!r}")
-    return {"images_per_s": float(numbers[-1]), "rss_mb": usage.ru_maxrss / 1024,
+    return {"mode": mode, "images_per_s": float(numbers[-1]), "rss_mb": usage.ru_maxrss / 1024,
             "cpu_s": usage.ru_utime + usage.ru_stime, "wall_s": time.perf_counter() - start}
 
 
-def cpu_info() -> dict:
-    info = {"processor": platform.processor() or platform.machine(), "cpu_flags": []}
-    try:
-        with open("/proc/cpuinfo") as f:
-            text = f.read()
-        fields = dict(re.findall(r"^(model name|cpu family|model)\s*:\s*(.*)$", text, re.M))
-        info.update({"cpu_model": fields.get("model name"), "cpu_family": fields.get("cpu family"),
-                     "cpu_model_number": fields.get("model")})
-        flags_line = re.search(r"^flags\s*:\s*(.*)$", text, re.M)
-        cpu_flags = set(flags_line.group(1).split()) if flags_line else set()
-        info["cpu_flags"] = sorted(cpu_flags & {"avx2", "avx512f", "avx512_bf16", "avx512_fp16",
-                                                "avx512_vnni", "amx_bf16", "amx_tile", "fma"})
-    except OSError:
-        pass
-    info["logical_cpus"] = os.cpu_count()
-    try:
-        info["usable_cpus"] = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        pass
-    try:
-        info["memory_gib"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-                                   / 2**30, 1)
-    except (ValueError, OSError):  # pragma: no cover
-        pass
-    return info
-
-
-def resolve_precision(name: str, machine: dict) -> str:
-    if name not in ("best", "auto"):
-        return name
-    if machine.get("gpus"):
-        return "mixed_float16"
-    if {"avx512_bf16", "amx_bf16"} & set(machine.get("cpu_flags", [])):
-        return "mixed_bfloat16"
-    return "float32"
+def best_peer_mode(modes: Dict[str, dict], precision: str) -> Optional[str]:
+    """The peer's fastest mode (by median images/s) among those of `precision`."""
+    candidates = [m for m in modes if PEER_MODES.get(m) == precision]
+    return max(candidates, key=lambda m: modes[m]["images_per_s"], default=None)
 
 
 def peak_dtype(precision: str) -> str:
@@ -774,6 +750,10 @@ class Benchmark:
             self.notes.append(f"--peer skipped: the peer only implements WRN-D-K, not {FLAGS.net}.")
             return
         depth, width = int(match.group(1)), int(match.group(2))
+        unknown = [m for m in FLAGS.peer_modes if m not in PEER_MODES]
+        if unknown:
+            raise app.UsageError(f"Unknown --peer_modes {unknown}; valid: {', '.join(PEER_MODES)}.")
+        modes = list(dict.fromkeys(FLAGS.peer_modes))
         comparable = FLAGS.num_classes == 100 and FLAGS.image_size == 32
         if not comparable:
             self.notes.append("The peer always uses 100 classes and 32x32 inputs; this run's "
@@ -781,57 +761,73 @@ class Benchmark:
         if not os.path.isfile(FLAGS.peer_script):
             raise FileNotFoundError(f"No peer script at {FLAGS.peer_script}.")
         ours = []
-        peers: List[dict] = []
+        runs: Dict[str, List[dict]] = {mode: [] for mode in modes}
+
+        def peer(mode: str, steps: int) -> dict:
+            return run_peer(FLAGS.peer_python, FLAGS.peer_script, depth, width,
+                            FLAGS.batch_size, steps, mode)
+
         try:
             # Like the peer's process, ours then runs nothing but the training step.
             for precision in precisions:
                 ours.append(self.start_worker("dcm", precision, xla_choice[precision],
                                               "keras" if FLAGS.bn == "keras" else "fused",
                                               loss_cost=False))
-
-            def peer_run():
-                result = run_peer(FLAGS.peer_python, FLAGS.peer_script, depth, width,
-                                  FLAGS.batch_size, FLAGS.peer_steps)
-                peers.append(result)
-                self.log(f"peer {result['images_per_s']:.1f} img/s, RSS {result['rss_mb']:.0f} MiB")
-
-            # A run with 0 timed steps: the CPU time of the peer's start-up and 2 warm-up steps,
+            # Runs with 0 timed steps: the CPU time of each mode's start-up and 2 warm-up steps,
             # subtracted from the other runs' to get its CPU time per timed step.
-            baseline = run_peer(FLAGS.peer_python, FLAGS.peer_script, depth, width,
-                                FLAGS.batch_size, 0)
-            for _ in range(FLAGS.peer_rounds):
-                peer_run()
+            startup = {mode: peer(mode, 0) for mode in modes}
+            # Every round runs each peer mode once, then one window of each of ours, so every
+            # window of ours has a run of every peer mode just before and just after it.
+            for round_index in range(FLAGS.peer_rounds + 1):
+                for mode in modes:
+                    runs[mode].append(peer(mode, FLAGS.peer_steps))
+                    self.log(f"peer {mode} {runs[mode][-1]['images_per_s']:.1f} img/s, "
+                             f"RSS {runs[mode][-1]['rss_mb']:.0f} MiB")
+                if round_index == FLAGS.peer_rounds:
+                    break
                 for worker in ours:
                     worker.windows.append(worker.request(cmd="window", steps=FLAGS.peer_steps))
                     self.log(f"ours {worker.precision} {worker.windows[-1]['images_per_s']:.1f}")
-            peer_run()
             for worker in ours:
                 worker.done = worker.close()
         finally:
             for worker in ours:
                 worker.kill()
-        peer_rates = [p["images_per_s"] for p in peers]
-        timed_cpu = sum(p["cpu_s"] - baseline["cpu_s"] for p in peers)
+        per_mode = {}
+        for mode in modes:
+            timed_cpu = sum(r["cpu_s"] - startup[mode]["cpu_s"] for r in runs[mode])
+            per_mode[mode] = {
+                "precision": PEER_MODES[mode], "runs": runs[mode], "startup_run": startup[mode],
+                "images_per_s": _median([r["images_per_s"] for r in runs[mode]]),
+                "images_per_cpu_s": (len(runs[mode]) * FLAGS.peer_steps * FLAGS.batch_size
+                                     / timed_cpu) if timed_cpu > 0 else None,
+                "rss_mb": max(r["rss_mb"] for r in runs[mode])}
         result = {"depth": depth, "width": width, "steps": FLAGS.peer_steps,
-                  "comparable": comparable, "runs": peers, "startup_run": baseline,
-                  "images_per_s": _median(peer_rates),
-                  "images_per_cpu_s": (len(peers) * FLAGS.peer_steps * FLAGS.batch_size
-                                       / timed_cpu) if timed_cpu > 0 else None,
-                  "rss_mb": max(p["rss_mb"] for p in peers), "ours": []}
-        train_flops = None
+                  "comparable": comparable, "modes": per_mode, "ours": []}
+
+        def paired(windows: List[dict], mode: str) -> List[float]:
+            rates = [r["images_per_s"] for r in runs[mode]]
+            return [w["images_per_s"] / ((rates[i] + rates[i + 1]) / 2)
+                    for i, w in enumerate(windows)]
+
         for worker in ours:
             row = self._row(worker)
-            train_flops = row["gflop_per_image"]
-            ratios = [w["images_per_s"] / ((peer_rates[i] + peer_rates[i + 1]) / 2)
-                      for i, w in enumerate(worker.windows)]
-            row.update({"ratio_vs_peer": _median(ratios), "paired_ratios": ratios,
-                        "ratio_of_medians": row["images_per_s"] / result["images_per_s"],
-                        "cpu_work_ratio": row["images_per_cpu_s"] / result["images_per_cpu_s"]
-                        if result["images_per_cpu_s"] else None})
+            best = best_peer_mode(per_mode, worker.precision)
+            naive = "fp32" if "fp32" in per_mode else None
+            row["best_peer_mode"] = best
+            if best is not None:
+                ratios = paired(worker.windows, best)
+                row.update({"ratio_vs_peer": _median(ratios), "paired_ratios": ratios,
+                            "ratio_of_medians": row["images_per_s"]
+                            / per_mode[best]["images_per_s"],
+                            "rss_vs_peer": row["rss_mb"] / per_mode[best]["rss_mb"]
+                            if row.get("rss_mb") else None,
+                            "cpu_work_ratio": row["images_per_cpu_s"]
+                            / per_mode[best]["images_per_cpu_s"]
+                            if per_mode[best]["images_per_cpu_s"] else None})
+            if naive is not None:
+                row["ratio_vs_naive_peer"] = _median(paired(worker.windows, naive))
             result["ours"].append(row)
-        if train_flops and self.peaks.get("float32"):
-            result["mfu"] = train_flops * 1e9 * result["images_per_s"] / (self.peaks["float32"]
-                                                                        * 1e9)
         self.peer = result
 
     # --- report ------------------------------------------------------------------------------
@@ -912,27 +908,7 @@ class Benchmark:
                              "training above" if best_dcm else "")
                     lines.append(f"- {entry['what']}: {entry['images_per_s']:.0f} images/s{ratio}")
         if self.peer is not None:
-            p = self.peer
-            lines += ["", f"PyTorch peer (torch_dcm_ref.py {p['depth']} {p['width']} "
-                          f"{FLAGS.batch_size} {p['steps']}, float32), interleaved with our DCM "
-                          f"pair ({len(p['runs'])} peer runs, windows of {p['steps']} steps):", "",
-                      "| | precision | XLA | images/s (median) | ours/peer (paired median) "
-                      "| ratio of medians | images/CPU-s | ratio | MFU | peak RSS MiB |",
-                      "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
-                      f"| peer | float32 | - | {p['images_per_s']:.1f} | 1.00 | 1.00 "
-                      f"| {_fmt(p.get('images_per_cpu_s'))} | 1.00 "
-                      f"| {_fmt(p.get('mfu') and 100 * p['mfu'], '.0f', '%')} "
-                      f"| {p['rss_mb']:.0f} |"]
-            for r in p["ours"]:
-                lines.append(
-                    f"| ours | {r['precision']} | {'on' if r['xla'] else 'off'} "
-                    f"| {r['images_per_s']:.1f} | {r['ratio_vs_peer']:.2f} "
-                    f"| {r['ratio_of_medians']:.2f} | {r['images_per_cpu_s']:.1f} "
-                    f"| {_fmt(r.get('cpu_work_ratio'), '.2f')} "
-                    f"| {_fmt(r['mfu'] and 100 * r['mfu'], '.0f', '%')} | {_fmt(r['rss_mb'], '.0f')} |")
-            lines += ["", "images/CPU-s: images per second of CPU time the process used (all "
-                          "threads), a measure of work that load from other processes barely "
-                          "moves; the peer's excludes its start-up and warm-up (a 0-step run)."]
+            lines += self._peer_markdown(self.peer)
         if self.accuracy:
             first = self.accuracy[0]
             lines += ["", f"Accuracy check: DCM pair ({FLAGS.net}, dense), "
@@ -956,6 +932,44 @@ class Benchmark:
         if self.notes:
             lines += [""] + [f"Note: {n}" for n in self.notes]
         return "\n".join(lines)
+
+    def _peer_markdown(self, p: dict) -> List[str]:
+        modes = p["modes"]
+        lines = ["", f"PyTorch peer (torch_dcm_ref.py {p['depth']} {p['width']} "
+                     f"{FLAGS.batch_size} {p['steps']} MODE), interleaved with our DCM pair: "
+                     f"{FLAGS.peer_rounds} rounds of (every peer mode, every one of ours) and a "
+                     f"last peer round; windows of {p['steps']} steps. CPU: "
+                     f"{self.machine.get('cpu_kind')}; AMX {self._has('amx_bf16')}, "
+                     f"AVX512-BF16 {self._has('avx512_bf16')}.", "",
+                 "| | mode / precision | XLA | images/s (median) | vs best peer mode of the "
+                 "precision (paired median) | ratio of medians | vs peer fp32 NCHW (naive) "
+                 "| images/CPU-s | MFU | peak RSS MiB |",
+                 "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for mode, m in modes.items():
+            best = best_peer_mode(modes, m["precision"]) == mode
+            peak = self.peaks.get(peak_dtype(m["precision"]))
+            flops = next((r["gflop_per_image"] for r in p["ours"]), None)
+            mfu = flops * m["images_per_s"] / peak if flops and peak else None
+            lines.append(f"| peer | {mode}{' (best)' if best else ''} | - | "
+                         f"{m['images_per_s']:.1f} | {'1.00' if best else '-'} | - | - "
+                         f"| {_fmt(m.get('images_per_cpu_s'))} "
+                         f"| {_fmt(mfu and 100 * mfu, '.0f', '%')} | {m['rss_mb']:.0f} |")
+        for r in p["ours"]:
+            lines.append(
+                f"| ours | {r['precision']} | {'on' if r['xla'] else 'off'} "
+                f"| {r['images_per_s']:.1f} | {_fmt(r.get('ratio_vs_peer'), '.2f')} "
+                f"(vs {r.get('best_peer_mode') or '-'}) "
+                f"| {_fmt(r.get('ratio_of_medians'), '.2f')} "
+                f"| {_fmt(r.get('ratio_vs_naive_peer'), '.2f')} | {r['images_per_cpu_s']:.1f} "
+                f"| {_fmt(r['mfu'] and 100 * r['mfu'], '.0f', '%')} | {_fmt(r['rss_mb'], '.0f')} |")
+        lines += ["", "images/CPU-s: images per second of CPU time the process used (all "
+                      "threads), a measure of work that load from other processes barely "
+                      "moves; the peer's excludes its start-up and warm-up (a 0-step run). "
+                      "MFU against the matmul peak of the precision's dtype."]
+        return lines
+
+    def _has(self, flag: str) -> str:
+        return "yes" if flag in self.machine.get("cpu_flags", []) else "no"
 
     def run(self) -> dict:
         self.date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -996,15 +1010,12 @@ class Benchmark:
         for r in self.rows + (self.peer["ours"] if self.peer else []):
             peak = self.peaks.get(peak_dtype(r["precision"]))
             r["mfu"] = r["gflop_per_image"] * r["images_per_s"] / peak if peak else None
-        if self.peer and self.peer["ours"] and self.peaks.get("float32"):
-            self.peer["mfu"] = (self.peer["ours"][0]["gflop_per_image"]
-                                * self.peer["images_per_s"] / self.peaks["float32"])
         markdown = self.markdown()
         return {"date": self.date, "machine": self.machine, "peak_gflops": self.peaks,
                 "flags": {name: FLAGS[name].value for name in (
                     "net", "num_classes", "batch_size", "image_size", "precisions", "xla",
                     "windows", "steps_per_window", "warmup", "configs", "interleave", "bn",
-                    "inter_op_threads", "intra_op_threads", "peer", "peer_steps", "peer_rounds",
+                    "inter_op_threads", "intra_op_threads", "peer", "peer_modes", "peer_steps", "peer_rounds",
                     "peer_xla", "accuracy", "accuracy_dataset", "accuracy_examples",
                     "accuracy_epochs", "accuracy_lr")},
                 "command": " ".join(sys.argv), "results": self.rows,

@@ -35,8 +35,11 @@ def test_forward_flops_counts_convolutions_and_dense():
 
 def test_tiny_end_to_end(tmp_path):
     peer = tmp_path / "fake_peer.py"
-    # Stands in for torch_dcm_ref.py: prints a line, then images/s last.
-    peer.write_text("import sys\nprint('warm-up done')\nprint(f'{10.0 * int(sys.argv[3]):.2f}')\n")
+    # Stands in for torch_dcm_ref.py: prints a line, then images/s last, a different rate per mode
+    # (its 5th argument) so that the best mode of each precision is known.
+    peer.write_text("import sys\nprint('warm-up done')\n"
+                    "rate = {'fp32': 10, 'fp32+cl': 15, 'bf16': 20, 'bf16+cl': 25}[sys.argv[5]]\n"
+                    "print(f'{rate * int(sys.argv[3]):.2f}')\n")
     out = tmp_path / "result.json"
     command = [
         sys.executable, "-m", "benchmarks.throughput", "--net=wrn_10_1", "--num_classes=10",
@@ -67,9 +70,27 @@ def test_tiny_end_to_end(tmp_path):
     assert report["data"]["synthetic"]["images_per_s"] > 0
 
     peer = report["peer"]
-    assert [r["images_per_s"] for r in peer["runs"]] == [40.0, 40.0]
+    assert {mode: [r["images_per_s"] for r in m["runs"]] for mode, m in peer["modes"].items()} == {
+        "fp32": [40.0, 40.0], "fp32+cl": [60.0, 60.0], "bf16": [80.0, 80.0], "bf16+cl": [100.0, 100.0]}
     (ours,) = peer["ours"]
-    assert ours["precision"] == "float32" and ours["ratio_vs_peer"] == pytest.approx(
-        ours["images_per_s"] / 40.0)
+    # Ours in float32 is compared with the fastest float32 mode, not the default NCHW one.
+    assert ours["precision"] == "float32" and ours["best_peer_mode"] == "fp32+cl"
+    assert ours["ratio_vs_peer"] == pytest.approx(ours["images_per_s"] / 60.0)
+    assert ours["ratio_vs_naive_peer"] == pytest.approx(ours["images_per_s"] / 40.0)
+    assert "fp32+cl (best)" in proc.stdout and "bf16+cl (best)" in proc.stdout
     assert not peer["comparable"]  # 10 classes at 16x16: flagged, not silently compared
     assert "| dcm |" in proc.stdout and "PyTorch peer" in proc.stdout
+
+
+def test_cpu_kind_names_both_machine_kinds():
+    assert "Sapphire Rapids" in throughput.cpu_kind("GenuineIntel", {"amx_bf16", "avx512_bf16"})
+    assert throughput.cpu_kind("AuthenticAMD", {"avx512_bf16"}) == "AMD EPYC (avx512_bf16)"
+    assert throughput.cpu_kind("GenuineIntel", set()) == "Intel"
+
+
+def test_best_peer_mode_is_per_precision():
+    modes = {"fp32": {"images_per_s": 50.0}, "fp32+cl": {"images_per_s": 45.0},
+             "bf16": {"images_per_s": 70.0}, "bf16+cl": {"images_per_s": 90.0}}
+    assert throughput.best_peer_mode(modes, "float32") == "fp32"
+    assert throughput.best_peer_mode(modes, "mixed_bfloat16") == "bf16+cl"
+    assert throughput.best_peer_mode({"fp32": modes["fp32"]}, "mixed_bfloat16") is None
