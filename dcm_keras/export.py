@@ -12,6 +12,7 @@ import keras
 
 # Importing these registers DCM and the network classes with Keras, which `load_network` needs.
 from dcm_keras._keras_compat import Functional
+from dcm_keras.errors import UserError
 from dcm_keras.model import DCM  # noqa: F401
 from dcm_keras.networks.common import BatchNormalization
 
@@ -67,7 +68,7 @@ def save_network(model: keras.Model, path: str, overwrite: bool = False) -> str:
     """
     path = os.fspath(path)
     if not path.endswith(".keras"):
-        raise ValueError(f"Model files must end in .keras, got {path!r}.")
+        raise UserError(f"Model files must end in .keras, got {path!r}.")
     if os.path.lexists(path) and not overwrite:
         raise FileExistsError(f"{path} already exists; refusing to overwrite it (pass "
                               "overwrite=True to replace it).")
@@ -92,26 +93,26 @@ def load_network(path: str) -> keras.Model:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"No model file at {path}.")
     if not zipfile.is_zipfile(path):
-        raise ValueError(f"{path} is not a .keras model file (not a zip archive: truncated or "
-                         "foreign).")
+        raise UserError(f"{path} is not a .keras model file (not a zip archive: truncated or "
+                        "foreign).")
     try:
         with zipfile.ZipFile(path) as archive:
             names = set(archive.namelist())
             bad = archive.testzip()
     except (zipfile.BadZipFile, OSError, EOFError) as error:
-        raise ValueError(f"{path} is a corrupt .keras file: {error}.") from None
+        raise UserError(f"{path} is a corrupt .keras file: {error}.") from None
     if bad is not None:
-        raise ValueError(f"{path} is a corrupt .keras file: member {bad} fails its CRC check.")
+        raise UserError(f"{path} is a corrupt .keras file: member {bad} fails its CRC check.")
     if "config.json" not in names:
-        raise ValueError(f"{path} is not a .keras model file (no config.json inside).")
+        raise UserError(f"{path} is not a .keras model file (no config.json inside).")
     try:
         model = keras.saving.load_model(path, safe_mode=True)
     except ValueError as error:  # e.g. safe_mode refusing a Lambda layer: Keras's words suffice
-        raise ValueError(f"{path} cannot be loaded: {error}") from None
+        raise UserError(f"{path} cannot be loaded: {error}") from None
     except (TypeError, KeyError, AttributeError, IndexError, OSError) as error:
         # A foreign or damaged config (an unknown class, a missing field, bad weights).
-        raise ValueError(f"{path} is not a loadable Keras model ({type(error).__name__}: "
-                         f"{error}).") from None
+        raise UserError(f"{path} is not a loadable Keras model ({type(error).__name__}: "
+                        f"{error}).") from None
     if _is_plain_functional(model):
         # Keras 3.15's ONNX export refuses a model that was never called, even a functional one
         # whose input signature it knows; a symbolic call (no computation) lets

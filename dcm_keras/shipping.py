@@ -30,6 +30,8 @@ from typing import Dict, Optional, Sequence
 
 import keras
 
+from dcm_keras.errors import UserError
+
 RAW_INPUT = "pixels"
 CLASS_NAMES_PREFIX = "class_names>"
 PRECISIONS = ("float32", "training")
@@ -88,14 +90,14 @@ def with_input_contract(network: keras.Model, *, mean: Sequence[float], std: Seq
     height, width, channels = (int(d) for d in image_shape)
     mean, std = [float(m) for m in mean], [float(s) for s in std]
     if len(mean) != len(std) or len(mean) not in (1, channels):
-        raise ValueError(f"mean and std need 1 or {channels} values (one per channel); got "
-                         f"mean={mean}, std={std}.")
+        raise UserError(f"mean and std need 1 or {channels} values (one per channel); got "
+                        f"mean={mean}, std={std}.")
     if not all(s > 0 and math.isfinite(s) for s in std):
-        raise ValueError(f"std must be positive and finite, got {std}.")
+        raise UserError(f"std must be positive and finite, got {std}.")
     expected = tuple(network.input_shape[1:])
     if expected != (height, width, channels):
-        raise ValueError(f"Network {network.name!r} takes images of shape {expected}, not "
-                         f"{(height, width, channels)}.")
+        raise UserError(f"Network {network.name!r} takes images of shape {expected}, not "
+                        f"{(height, width, channels)}.")
     shape = (None, None, channels) if resize else (height, width, channels)
     pixels = keras.Input(shape, dtype="float32", name=RAW_INPUT)
     x = pixels

@@ -12,6 +12,7 @@ import keras
 
 from dcm_keras import shipping
 from dcm_keras.connections import FINAL_HEAD
+from dcm_keras.errors import UserError
 
 
 def export_network(network: keras.Model, head: str = FINAL_HEAD, *, preprocessing=None,
@@ -37,13 +38,13 @@ def export_network(network: keras.Model, head: str = FINAL_HEAD, *, preprocessin
             ONNX have: `resize=False` exports a fixed-size input that converts to both.
     """
     if precision not in shipping.PRECISIONS:
-        raise ValueError(f"Unknown precision {precision!r}; valid: "
-                         f"{', '.join(shipping.PRECISIONS)}.")
+        raise UserError(f"Unknown precision {precision!r}; valid: "
+                        f"{', '.join(shipping.PRECISIONS)}.")
     output = network.output
     if isinstance(output, dict):
         if head not in output:
-            raise ValueError(f"Network {network.name!r} has no head {head!r}; "
-                             f"its heads are {', '.join(output)}.")
+            raise UserError(f"Network {network.name!r} has no head {head!r}; "
+                            f"its heads are {', '.join(output)}.")
         output = output[head]
     if keras.backend.standardize_dtype(output.dtype) != "float32":
         output = keras.layers.Activation("linear", dtype="float32", name=f"{head}_float32")(output)

@@ -537,11 +537,12 @@ def _prepare(config: TrainConfig, scratch: List[str]) -> Optional[Run]:
     if run_dir is None:
         return None
     device = _start_backend(config)  # the backend starts here: everything above is cheap
-    with user_errors(ValueError, RuntimeError):  # what the data module raises for bad input
+    # The data module's RuntimeErrors: TensorFlow missing, or a tfds dataset it cannot prepare.
+    with user_errors(RuntimeError):
         data = _describe_data(config)
     nets, dcm = _build_model(config, device, data)
     out_dir, backup, initial_epoch = _restore(config, task, device, dcm, run_dir, scratch)
-    with user_errors(ValueError, RuntimeError):
+    with user_errors(RuntimeError):
         data = _load_data(config, device, data, initial_epoch)
     # Written only once everything above has been checked, so a bad command leaves no trace.
     os.makedirs(out_dir, exist_ok=True)
@@ -648,10 +649,8 @@ def _build_model(config: TrainConfig, device: Device, data: Data) -> Tuple[list,
     from dcm_keras import DCM
 
     with device.strategy.scope():
-        # The networks module reports a name or a shape it cannot build as a ValueError.
-        with user_errors(ValueError):
-            nets = [_build_network(config, name, data.info, device.synchronized_bn)
-                    for name in config.nets]
+        nets = [_build_network(config, name, data.info, device.synchronized_bn)
+                for name in config.nets]
         dcm = DCM(nets, connections=config.distillation, temperature=config.temperature,
                   kd_weight=config.kd_weight, kd_warmup_epochs=config.kd_warmup_epochs,
                   ce_normalization=config.ce_normalization,

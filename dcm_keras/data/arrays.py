@@ -14,6 +14,7 @@ import numpy as np
 from dcm_keras.data.info import DatasetInfo
 from dcm_keras.data.pipeline import check_load_args, fresh_seed
 from dcm_keras.data.registry import lookup, source
+from dcm_keras.errors import UserError
 
 
 def _arrays(name: str, split: str, data_dir: str | None, image_size: int | None,
@@ -22,8 +23,8 @@ def _arrays(name: str, split: str, data_dir: str | None, image_size: int | None,
     """A split's uint8 images and int32 labels, decoded once, with the dataset's facts."""
     spec = lookup(name)
     if not spec.in_memory:
-        raise ValueError(f"{name} does not fit in memory; load_arrays() serves the in-memory "
-                         "datasets (cifar10, cifar100, fashion_mnist, image folders): use load().")
+        raise UserError(f"{name} does not fit in memory; load_arrays() serves the in-memory "
+                        "datasets (cifar10, cifar100, fashion_mnist, image folders): use load().")
     read = spec.reader.arrays(spec, name, split, data_dir, image_size, max_examples)
     if read is not None:  # no TensorFlow needed
         return read
@@ -59,12 +60,12 @@ class ArrayDataset(keras.utils.PyDataset):
         super().__init__()
         images, labels = np.asarray(images), np.asarray(labels)
         if images.ndim != 4 or images.dtype != np.uint8:
-            raise ValueError(f"images must be uint8 (N, H, W, C), got {images.dtype} "
-                             f"{images.shape}.")
+            raise UserError(f"images must be uint8 (N, H, W, C), got {images.dtype} "
+                            f"{images.shape}.")
         if labels.shape != images.shape[:1]:
-            raise ValueError(f"{len(labels)} labels for {len(images)} images.")
+            raise UserError(f"{len(labels)} labels for {len(images)} images.")
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+            raise UserError(f"batch_size must be >= 1, got {batch_size}.")
         self.labels = labels.astype(np.int32)
         self.batch_size, self.training, self.seed, self.epoch = batch_size, training, seed, epoch
         self._order_key, self._order = None, None  # the permutation of (seed, epoch), once drawn
@@ -80,8 +81,8 @@ class ArrayDataset(keras.utils.PyDataset):
         n = len(self.labels)
         self._num_batches = n // batch_size if self.drop_remainder else -(-n // batch_size)
         if self._num_batches < 1:
-            raise ValueError(f"batch_size={batch_size} with drop_remainder leaves no batch of the "
-                             f"{n} examples.")
+            raise UserError(f"batch_size={batch_size} with drop_remainder leaves no batch of the "
+                            f"{n} examples.")
 
     @property
     def num_batches(self) -> int:

@@ -14,6 +14,7 @@ from dcm_keras.data._tf import tf
 from dcm_keras.data.augment import uint8_source
 from dcm_keras.data.info import DatasetInfo, DatasetSpec, Reader, Source
 from dcm_keras.data.tfds_source import TfdsReader
+from dcm_keras.errors import UserError
 
 FASHION_MNIST_DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
 
@@ -34,24 +35,24 @@ def read_idx(path: str) -> np.ndarray:
         with opener(path, "rb") as f:
             raw = f.read()
     except (OSError, EOFError) as e:  # gzip reports truncation as EOFError
-        raise ValueError(f"IDX file {path}: cannot read ({e}).") from e
+        raise UserError(f"IDX file {path}: cannot read ({e}).") from e
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
-        raise ValueError(f"IDX file {path}: bad magic number {raw[:4].hex() or 'empty'} "
-                         "(expected 0000<type><ndim>).")
+        raise UserError(f"IDX file {path}: bad magic number {raw[:4].hex() or 'empty'} "
+                        "(expected 0000<type><ndim>).")
     code, ndim = raw[2], raw[3]
     if code not in IDX_DTYPES:
-        raise ValueError(f"IDX file {path}: unknown data type code 0x{code:02x}.")
+        raise UserError(f"IDX file {path}: unknown data type code 0x{code:02x}.")
     if ndim == 0:
-        raise ValueError(f"IDX file {path}: zero dimensions.")
+        raise UserError(f"IDX file {path}: zero dimensions.")
     header = 4 + 4 * ndim
     if len(raw) < header:
-        raise ValueError(f"IDX file {path}: truncated header ({len(raw)} bytes for {ndim} dims).")
+        raise UserError(f"IDX file {path}: truncated header ({len(raw)} bytes for {ndim} dims).")
     dims = tuple(int(d) for d in np.frombuffer(raw, ">u4", count=ndim, offset=4))
     dtype = np.dtype(IDX_DTYPES[code])
     expected = math.prod(dims) * dtype.itemsize
     if len(raw) - header != expected:
-        raise ValueError(f"IDX file {path}: payload is {len(raw) - header} bytes, dims {dims} "
-                         f"need {expected}.")
+        raise UserError(f"IDX file {path}: payload is {len(raw) - header} bytes, dims {dims} "
+                        f"need {expected}.")
     array = np.frombuffer(raw, dtype, offset=header).reshape(dims)
     return array.astype(dtype.newbyteorder("="))
 
@@ -79,8 +80,8 @@ def fashion_mnist_dir(data_dir: str | None) -> str | None:
     if env:
         # An explicit setting that does not hold the files is a mistake, not a cue to fall back.
         if not has_all(env):
-            raise ValueError(f"$DCM_FASHION_MNIST_DIR={env} does not hold the four Fashion-MNIST "
-                             "IDX files (train-images-idx3-ubyte[.gz], ...).")
+            raise UserError(f"$DCM_FASHION_MNIST_DIR={env} does not hold the four Fashion-MNIST "
+                            "IDX files (train-images-idx3-ubyte[.gz], ...).")
         return env
     if has_all(FASHION_MNIST_DEBIAN_DIR):
         return FASHION_MNIST_DEBIAN_DIR
@@ -93,15 +94,15 @@ def fashion_mnist_arrays(split: str, directory: str) -> tuple[np.ndarray, np.nda
     image_path, label_path = _find_idx(directory, image_stem), _find_idx(directory, label_stem)
     images, labels = read_idx(image_path), read_idx(label_path)
     if images.ndim != 3 or images.shape[1:] != (28, 28) or images.dtype != np.uint8:
-        raise ValueError(f"IDX file {image_path}: expected uint8 (N, 28, 28) images, got "
-                         f"{images.dtype} {images.shape}.")
+        raise UserError(f"IDX file {image_path}: expected uint8 (N, 28, 28) images, got "
+                        f"{images.dtype} {images.shape}.")
     if labels.shape != images.shape[:1]:
-        raise ValueError(f"IDX file {label_path}: {labels.shape[0]} labels for "
-                         f"{images.shape[0]} images.")
+        raise UserError(f"IDX file {label_path}: {labels.shape[0]} labels for "
+                        f"{images.shape[0]} images.")
     bad = (labels < 0) | (labels >= 10)
     if bad.any():
         i = int(np.argmax(bad))
-        raise ValueError(f"IDX file {label_path}: labels must lie in [0, 10); {int(bad.sum())} do "
+        raise UserError(f"IDX file {label_path}: labels must lie in [0, 10); {int(bad.sum())} do "
                          f"not (the first: label {labels[i]} of example {i}).")
     return images[..., None], labels.astype(np.int32)
 

@@ -14,6 +14,7 @@ import numpy as np
 from dcm_keras.data._tf import AUTOTUNE, tf
 from dcm_keras.data.augment import uint8_source
 from dcm_keras.data.info import DatasetInfo, DatasetSpec, Reader, Source
+from dcm_keras.errors import UserError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 
@@ -22,7 +23,7 @@ def parse_image_folder(name: str) -> str:
     """The PATH of an `image_folder:PATH` dataset name."""
     path = name.split(":", 1)[1] if ":" in name else ""
     if not path:
-        raise ValueError("image_folder needs a path: use 'image_folder:/path/to/root'.")
+        raise UserError("image_folder needs a path: use 'image_folder:/path/to/root'.")
     return path
 
 
@@ -32,7 +33,7 @@ def _inside(path: str, root: str) -> bool:
 
 def _check_link(path: str, root: str) -> None:
     if os.path.islink(path) and not _inside(os.path.realpath(path), root):
-        raise ValueError(f"image_folder: {path} is a symlink pointing outside {root}; refusing it.")
+        raise UserError(f"image_folder: {path} is a symlink pointing outside {root}; refusing it.")
 
 
 def _list_images(directory: str, root: str, seen: set) -> list[str]:
@@ -50,7 +51,7 @@ def _list_images(directory: str, root: str, seen: set) -> list[str]:
             files.extend(_list_images(entry.path, root, seen))
         elif entry.name.lower().endswith(IMAGE_EXTENSIONS):
             if not entry.is_file():
-                raise ValueError(f"image_folder: {entry.path} is not a readable file.")
+                raise UserError(f"image_folder: {entry.path} is not a readable file.")
             files.append(entry.path)
     return files
 
@@ -58,7 +59,7 @@ def _list_images(directory: str, root: str, seen: set) -> list[str]:
 def scan_image_folder(path: str) -> tuple[list[str], dict[str, list[tuple[str, int]]]]:
     """Class names and, per split, the (file, label) pairs of an image folder."""
     if not os.path.isdir(path):
-        raise ValueError(f"image_folder: folder {path} does not exist.")
+        raise UserError(f"image_folder: folder {path} does not exist.")
     root = os.path.realpath(path)
     split_dirs = {}
     for split in ("train", "test"):
@@ -66,7 +67,7 @@ def scan_image_folder(path: str) -> tuple[list[str], dict[str, list[tuple[str, i
         if os.path.lexists(d):
             _check_link(d, root)
         if not os.path.isdir(d):
-            raise ValueError(f"image_folder: {path} has no {split}/ subfolder.")
+            raise UserError(f"image_folder: {path} has no {split}/ subfolder.")
         split_dirs[split] = d
 
     def class_dirs(d):
@@ -81,22 +82,22 @@ def scan_image_folder(path: str) -> tuple[list[str], dict[str, list[tuple[str, i
 
     train_classes = class_dirs(split_dirs["train"])
     if not train_classes:
-        raise ValueError(f"image_folder: {split_dirs['train']} has no class subfolders.")
+        raise UserError(f"image_folder: {split_dirs['train']} has no class subfolders.")
     classes = sorted(train_classes)
     test_classes = class_dirs(split_dirs["test"])
     if set(test_classes) != set(classes):
         missing = sorted(set(classes) - set(test_classes))
         extra = sorted(set(test_classes) - set(classes))
-        raise ValueError(f"image_folder: test/ classes differ from train/ (missing in test: "
-                         f"{missing}, not in train: {extra}).")
+        raise UserError(f"image_folder: test/ classes differ from train/ (missing in test: "
+                        f"{missing}, not in train: {extra}).")
     examples = {}
     for split, dirs in (("train", train_classes), ("test", test_classes)):
         pairs = []
         for label, cls in enumerate(classes):
             files = _list_images(dirs[cls], root, set())
             if not files:
-                raise ValueError(f"image_folder: class folder {dirs[cls]} holds no images "
-                                 f"({'/'.join(IMAGE_EXTENSIONS)}).")
+                raise UserError(f"image_folder: class folder {dirs[cls]} holds no images "
+                                f"({'/'.join(IMAGE_EXTENSIONS)}).")
             pairs.extend((f, label) for f in files)
         examples[split] = pairs
     return classes, examples
@@ -123,7 +124,7 @@ def _image_folder_arrays(pairs: list[tuple[str, int]], size: int) -> tuple[np.nd
     if len(indices) != len(files):
         bad = sorted(set(range(len(files))) - set(indices.tolist()))
         more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
-        raise ValueError(f"image_folder: cannot decode image {files[bad[0]]}{more}.")
+        raise UserError(f"image_folder: cannot decode image {files[bad[0]]}{more}.")
     labels = np.array([label for _, label in pairs], np.int32)
     return np.concatenate(images)[np.argsort(indices)], labels
 

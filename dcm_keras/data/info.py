@@ -9,6 +9,8 @@ from typing import Callable
 
 import numpy as np
 
+from dcm_keras.errors import UserError
+
 
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
@@ -81,8 +83,8 @@ class DatasetSpec:
         """The registered facts at `image_size`, which a fixed-size dataset refuses to change."""
         native, _, channels = self.image_shape
         if not self.resizable and image_size is not None and image_size != native:
-            raise ValueError(f"{name} images are {native}x{native}; image_size={image_size} is not "
-                             "supported for it.")
+            raise UserError(f"{name} images are {native}x{native}; image_size={image_size} is not "
+                            "supported for it.")
         size = image_size or native
         return DatasetInfo(name, self.num_classes, (size, size, channels), self.num_train,
                            self.num_test, self.mean, self.std)

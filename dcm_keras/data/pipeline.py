@@ -31,6 +31,7 @@ import numpy as np
 from dcm_keras.data._tf import AUTOTUNE, require_tensorflow, tf
 from dcm_keras.data.augment import normalize
 from dcm_keras.data.registry import source
+from dcm_keras.errors import UserError
 
 
 def _block_shuffle(ds: tf.data.Dataset, block: int, key: tf.Tensor) -> tf.data.Dataset:
@@ -66,11 +67,11 @@ def _epoch_counter(first_epoch: int) -> tf.data.Dataset:
 def check_load_args(split: str, batch_size: int, max_examples: int | None) -> None:
     """Refuses the arguments `load()` and `load_arrays()` share when they are out of range."""
     if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}.")
+        raise UserError(f"split must be 'train' or 'test', got {split!r}.")
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+        raise UserError(f"batch_size must be >= 1, got {batch_size}.")
     if max_examples is not None and max_examples < 1:
-        raise ValueError(f"max_examples must be >= 1, got {max_examples}.")
+        raise UserError(f"max_examples must be >= 1, got {max_examples}.")
 
 
 def fresh_seed(seed: int | None) -> int:

@@ -7,6 +7,7 @@ from dcm_keras.data.idx import FashionMnistReader
 from dcm_keras.data.image_folder import ImageFolderReader, parse_image_folder
 from dcm_keras.data.info import DatasetInfo, DatasetSpec, Source
 from dcm_keras.data.tfds_source import ImageNetReader, TfdsReader
+from dcm_keras.errors import UserError
 
 CIFAR_MEAN = (125.3 / 255, 123.0 / 255, 113.9 / 255)
 CIFAR_STD = (63.0 / 255, 62.1 / 255, 66.7 / 255)
@@ -49,7 +50,7 @@ def lookup(name: str) -> DatasetSpec:
         parse_image_folder(name)  # the path is part of the name
         return REGISTRY[IMAGE_FOLDER]
     if name not in REGISTRY:
-        raise ValueError(f"Unknown dataset {name!r}; valid names: {', '.join(DATASETS)}.")
+        raise UserError(f"Unknown dataset {name!r}; valid names: {', '.join(DATASETS)}.")
     return REGISTRY[name]
 
 

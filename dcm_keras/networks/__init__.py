@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import keras
 
+from dcm_keras.errors import UserError
 from dcm_keras.networks.common import BN_EPSILON, BN_MOMENTUM, DEFAULT_WEIGHT_DECAY
 from dcm_keras.networks.registry import (build, family_of, list_families, list_networks,
                                          register, register_network, register_pattern,
@@ -37,7 +38,7 @@ def transfer_weights(source: keras.Model, target: keras.Model) -> int:
         if not layer.weights:
             continue
         if layer.name not in by_name:
-            raise ValueError(
+            raise UserError(
                 f"Layer {layer.name!r} of {target.name!r} has no counterpart in {source.name!r}.")
         layer.set_weights(by_name[layer.name].get_weights())
         copied += 1

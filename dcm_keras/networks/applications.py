@@ -24,6 +24,7 @@ from typing import List
 
 import keras
 
+from dcm_keras.errors import UserError
 from dcm_keras.networks.common import BN_MOMENTUM, DEFAULT_WEIGHT_DECAY, check_common_args
 from dcm_keras.networks.heads import attach_heads
 from dcm_keras.networks.registry import register_network
@@ -65,11 +66,11 @@ def build_application(name: str, num_classes: int, input_shape=(32, 32, 3),
     input_shape = check_common_args(num_classes, input_shape)
     valid = application_names()
     if name not in valid:
-        raise ValueError(f"Unknown keras.applications model {name!r}. Valid names: "
-                         f"{', '.join('keras:' + n for n in valid)}.")
+        raise UserError(f"Unknown keras.applications model {name!r}. Valid names: "
+                        f"{', '.join('keras:' + n for n in valid)}.")
     if synchronized_bn:
-        raise ValueError("synchronized_bn is not supported for keras.applications models; "
-                         "train them on one device.")
+        raise UserError("synchronized_bn is not supported for keras.applications models; "
+                        "train them on one device.")
     fn = getattr(keras.applications, name)
     options = {"include_preprocessing": False} \
         if "include_preprocessing" in inspect.signature(fn).parameters else {}

@@ -17,6 +17,8 @@ from typing import Optional
 
 import keras
 
+from dcm_keras.errors import UserError
+
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
 DEFAULT_WEIGHT_DECAY = 5e-4
@@ -93,7 +95,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
 def l2_regularizer(weight_decay: float) -> Optional[keras.regularizers.Regularizer]:
     """Returns the L2 regularizer whose gradient is `weight_decay * w` (None when 0)."""
     if weight_decay < 0:
-        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}.")
+        raise UserError(f"weight_decay must be >= 0, got {weight_decay}.")
     return keras.regularizers.L2(weight_decay / 2.0) if weight_decay else None
 
 
@@ -160,10 +162,10 @@ class Layers:
 def check_common_args(num_classes: int, input_shape) -> tuple:
     """Validates the arguments every builder shares and returns `input_shape` as a tuple."""
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 2:
-        raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}.")
+        raise UserError(f"num_classes must be an integer >= 2, got {num_classes!r}.")
     input_shape = tuple(input_shape)
     if len(input_shape) != 3:
-        raise ValueError(
+        raise UserError(
             f"input_shape must be (height, width, channels), got {input_shape!r}.")
     return input_shape
 

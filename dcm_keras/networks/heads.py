@@ -33,6 +33,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import keras
 
 from dcm_keras._keras_compat import Functional
+from dcm_keras.errors import UserError
 from dcm_keras.networks.common import BN_EPSILON, BN_MOMENTUM
 from dcm_keras.networks.weight_decay import l2_config, with_weight_decay
 
@@ -154,20 +155,20 @@ def _check_model(model) -> keras.Model:
         raise TypeError(f"attach_heads needs a keras.Model, got {type(model).__name__}.")
     if isinstance(model, keras.Sequential):
         if not model.built:
-            raise ValueError(f"Sequential model {model.name!r} is not built; give it an Input.")
+            raise UserError(f"Sequential model {model.name!r} is not built; give it an Input.")
         model = keras.Model(model.inputs, model.outputs, name=model.name)
     if not isinstance(model, Functional):
-        raise ValueError(
+        raise UserError(
             f"Model {model.name!r} is a subclassed model ({type(model).__name__}); its layer "
             "graph cannot be read. attach_heads needs a functional model "
             "(keras.Model(inputs, outputs), keras.applications, keras-hub).")
     if len(model.inputs) != 1 or len(model.outputs) != 1:
-        raise ValueError(
+        raise UserError(
             f"Model {model.name!r} has {len(model.inputs)} inputs and {len(model.outputs)} "
             "outputs; attach_heads needs one image input and one logits output (a model that "
             "already has heads cannot get more).")
     if len(model.inputs[0].shape) != 4 or len(model.outputs[0].shape) != 2:
-        raise ValueError(
+        raise UserError(
             f"Model {model.name!r} maps {tuple(model.inputs[0].shape)} to "
             f"{tuple(model.outputs[0].shape)}; attach_heads needs images (batch, H, W, C) to "
             "logits (batch, classes).")
@@ -189,7 +190,7 @@ class HeadedModel(keras.Model):
             base = keras.saving.deserialize_keras_object(copy.deepcopy(base))
         base = _check_model(base)
         if head not in HEAD_KINDS:
-            raise ValueError(f"Unknown head {head!r}. Valid heads: {', '.join(HEAD_KINDS)}.")
+            raise UserError(f"Unknown head {head!r}. Valid heads: {', '.join(HEAD_KINDS)}.")
         if weight_decay is not None:
             base = with_weight_decay(base, weight_decay)
         graph = _Graph(base)
@@ -197,7 +198,7 @@ class HeadedModel(keras.Model):
         squash = _squashing(last_op)
         rename = None
         if squash and not strip_activation:
-            raise ValueError(
+            raise UserError(
                 f"Model {base.name!r} ends in a {squash} ({last_op.name!r}); DCM needs logits. "
                 "Build it with classifier_activation=None (keras.applications) or "
                 "activation=None (keras-hub), or pass strip_activation=True.")
@@ -240,28 +241,28 @@ class HeadedModel(keras.Model):
         listed = ", ".join(repr(graph.name(p)) for p in stages) or "none found"
         if branch_points == "auto":
             if not stages:
-                raise ValueError(f"Model {model_name!r}: no stage output found before the final "
-                                 "stage (no drop of spatial resolution); give branch_points.")
+                raise UserError(f"Model {model_name!r}: no stage output found before the final "
+                                "stage (no drop of spatial resolution); give branch_points.")
             return stages[-2:]
         if isinstance(branch_points, str) or not all(isinstance(n, str) for n in branch_points):
-            raise ValueError(f"branch_points must be 'auto' or a list of layer names, got "
-                             f"{branch_points!r}. Stage outputs of {model_name!r}: {listed}.")
+            raise UserError(f"branch_points must be 'auto' or a list of layer names, got "
+                            f"{branch_points!r}. Stage outputs of {model_name!r}: {listed}.")
         by_name = {graph.name(p): p for p in range(len(graph.steps))}
         cuts = set(graph.cuts()[:-1])
         points = []
         for name in branch_points:
             if name not in by_name:
-                raise ValueError(f"Model {model_name!r} has no layer named {name!r}. "
-                                 f"Its stage outputs (what 'auto' chooses from): {listed}.")
+                raise UserError(f"Model {model_name!r} has no layer named {name!r}. "
+                                f"Its stage outputs (what 'auto' chooses from): {listed}.")
             if by_name[name] not in cuts:
-                raise ValueError(
+                raise UserError(
                     f"Layer {name!r} of {model_name!r} is not a branch point: the layers after "
                     "it also read earlier tensors (e.g. it is inside a residual block) or it is "
                     f"the output. Branch after a block's output; stage outputs: {listed}.")
             points.append(by_name[name])
         if points != sorted(set(points)):
-            raise ValueError(f"branch_points must be distinct and ordered shallow to deep, got "
-                             f"{list(branch_points)}.")
+            raise UserError(f"branch_points must be distinct and ordered shallow to deep, got "
+                            f"{list(branch_points)}.")
         return points
 
     def summary(self, *args, **kwargs):

@@ -28,6 +28,8 @@ from typing import Callable, Dict, List, Optional, TypeVar
 
 import keras
 
+from dcm_keras.errors import UserError
+
 Builder = TypeVar("Builder", bound=Callable)
 
 
@@ -106,8 +108,8 @@ def representative(family: str) -> str:
             if entry.regex is not None and entry.example is None:
                 continue
             return entry.example or entry.name
-    raise ValueError(f"Unknown network family {family!r}. Families: "
-                     f"{', '.join(list_families())}.")
+    raise UserError(f"Unknown network family {family!r}. Families: "
+                    f"{', '.join(list_families())}.")
 
 
 def family_of(name: str) -> str:
@@ -126,7 +128,7 @@ def _lookup(name: str):
         match = entry.regex.match(name) if entry.regex is not None else None
         if match:
             return entry, match
-    raise ValueError(
+    raise UserError(
         f"Unknown network {name!r}. Valid names: {', '.join(list_networks())}.")
 
 

@@ -39,6 +39,7 @@ from typing import Sequence
 
 import keras
 
+from dcm_keras.errors import UserError
 from dcm_keras.networks.common import (Backbone, DEFAULT_WEIGHT_DECAY, Layers,
                                        check_common_args)
 from dcm_keras.networks.registry import register_network
@@ -119,7 +120,7 @@ class CifarResNet(Backbone):
         input_shape = check_common_args(num_classes, input_shape)
         if (not isinstance(depth, int) or isinstance(depth, bool) or depth < 8
                 or (depth - 2) % 6):
-            raise ValueError(
+            raise UserError(
                 f"CIFAR ResNet depth must be 6n + 2 with n >= 1 (8, 20, 32, 56, 110, ...), "
                 f"got {depth!r}.")
         n = (depth - 2) // 6
@@ -177,7 +178,7 @@ class ResNet(Backbone):
         block_counts = tuple(block_counts)
         if len(block_counts) != 4 or not all(
                 isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in block_counts):
-            raise ValueError(
+            raise UserError(
                 f"block_counts must be four positive integers, got {block_counts!r}.")
         widths = IMAGENET_WIDTHS
         layers = Layers(weight_decay, synchronized_bn, dtype=kwargs.get("dtype"))

@@ -16,6 +16,7 @@ from typing import Optional
 import keras
 
 from dcm_keras._keras_compat import Functional
+from dcm_keras.errors import UserError
 from dcm_keras.networks.common import l2_regularizer
 
 
@@ -78,7 +79,7 @@ def with_weight_decay(model: keras.Model, weight_decay: float) -> keras.Model:
     """
     if not isinstance(weight_decay, (int, float)) or isinstance(weight_decay, bool) \
             or weight_decay < 0:
-        raise ValueError(f"weight_decay must be a number >= 0, got {weight_decay!r}.")
+        raise UserError(f"weight_decay must be a number >= 0, got {weight_decay!r}.")
     from dcm_keras.networks.heads import HeadedModel
 
     if isinstance(model, HeadedModel):
@@ -86,8 +87,8 @@ def with_weight_decay(model: keras.Model, weight_decay: float) -> keras.Model:
     elif isinstance(model, Functional):
         clone = _clone(model, weight_decay)
     else:
-        raise ValueError(f"with_weight_decay needs a functional model; {model.name!r} is "
-                         f"{type(model).__name__} (subclassed models have no layer graph).")
+        raise UserError(f"with_weight_decay needs a functional model; {model.name!r} is "
+                        f"{type(model).__name__} (subclassed models have no layer graph).")
     clone.set_weights(model.get_weights())
     return clone
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import keras
 
+from dcm_keras.errors import UserError
 from dcm_keras.networks.common import (Backbone, DEFAULT_WEIGHT_DECAY, Layers,
                                        check_common_args)
 from dcm_keras.networks.registry import register_network
@@ -66,9 +67,9 @@ class WideResNet(Backbone):
                  **kwargs):
         input_shape = check_common_args(num_classes, input_shape)
         if not isinstance(depth, int) or depth < 10 or (depth - 4) % 6:
-            raise ValueError(f"WRN depth must be 6n + 4 with n >= 1 (10, 16, 28, 40, ...), got {depth!r}.")
+            raise UserError(f"WRN depth must be 6n + 4 with n >= 1 (10, 16, 28, 40, ...), got {depth!r}.")
         if not isinstance(width, int) or width < 1:
-            raise ValueError(f"WRN width must be a positive integer, got {width!r}.")
+            raise UserError(f"WRN width must be a positive integer, got {width!r}.")
         n = (depth - 4) // 6
         widths = (16 * width, 32 * width, 64 * width)
         layers = Layers(weight_decay, synchronized_bn, dtype=kwargs.get("dtype"))
