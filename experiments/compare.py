@@ -37,7 +37,7 @@ from absl import app, flags
 
 from experiments import common
 from experiments.common import UserError
-from experiments.config import RUN_FLAGS
+from experiments.config import OPERATIONAL_FLAGS, RUN_FLAGS
 
 # The presets: comparison config files, in the same format as --config (copy one to start your
 # own). Each one's "description" says what it is for; it is not recorded with the results.
@@ -81,7 +81,7 @@ FLAGS = flags.FLAGS
 # What compare.py sets for each run; a config may set only the other run flags of train.py
 # (an allow-list: `flagfile`, say, could otherwise point a run at another --model_dir).
 PER_RUN = ("method", "nets", "seed", "model_dir", "overwrite")
-TRAIN_FLAGS = tuple(f for f in RUN_FLAGS if f not in PER_RUN)
+TRAIN_FLAGS = tuple(f for f in RUN_FLAGS + OPERATIONAL_FLAGS if f not in PER_RUN)
 
 
 def load_config(preset: str, config_path: Optional[str], methods: Optional[Sequence[str]],
@@ -487,7 +487,9 @@ def compare(config: dict, work_dir: str, jobs: int = 1, no_train: bool = False) 
             else:
                 to_train.append((key, directory, train_flags, label))
             continue
-        diffs = [k for k, v in train_flags.items() if not _same_value(done["flags"].get(k), v)]
+        # Operational flags (--backup_every) are not recorded and do not change results.
+        diffs = [k for k, v in train_flags.items()
+                 if k in RUN_FLAGS and not _same_value(done["flags"].get(k), v)]
         if diffs:
             raise UserError(f"{directory} holds a finished run with other settings "
                             f"({', '.join(diffs)}); it is kept: use another --work_dir.")

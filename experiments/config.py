@@ -1,9 +1,12 @@
 """The typed configuration of one training run of `experiments.train`, and its value checks.
 
-`TrainConfig` holds the run flags, one field per flag in the order train.py defines them: the
-field list is what `flags.json` records, what a resume compares and what a comparison config's
-`train_flags` may set (less what compare.py sets per run). `to_json()` gives exactly the dict
-`flags.json` has always held, so earlier runs still resume and compare.py still reads them.
+`TrainConfig` holds the run flags, one field per flag. The recorded ones (`RUN_FLAGS`, in the
+order train.py defines them) are what `flags.json` records and what a resume compares; the
+operational ones (`OPERATIONAL_FLAGS`, e.g. `--backup_every`) change how a run is carried out,
+never its results, so they are not recorded: a resume may change them. A comparison config's
+`train_flags` may set either kind (less what compare.py sets per run). `to_json()` gives exactly
+the dict `flags.json` has always held, so earlier runs still resume and compare.py still reads
+them.
 
 Kept free of TensorFlow imports, like `experiments.common`: compare.py reads it without paying
 for them.
@@ -17,6 +20,9 @@ import math
 from typing import Dict, List, Mapping, Optional, Tuple, Union
 
 from experiments.common import METHODS, UserError
+
+# Field metadata key: False for a flag that flags.json does not record (an operational flag).
+_RECORDED = "recorded"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,18 +57,21 @@ class TrainConfig:
     max_test_examples: Optional[int]
     eval_every: int
     overwrite: bool
+    # Operational flags (not in flags.json; runs recorded before they existed get the default).
+    backup_every: int = dataclasses.field(default=1, metadata={_RECORDED: False})
 
     @classmethod
     def from_flags(cls, flag_values) -> "TrainConfig":
         """The config of parsed absl `flag_values` (train.py's `FLAGS`)."""
-        return cls.from_json({name: flag_values[name].value for name in RUN_FLAGS})
+        return cls.from_json({name: flag_values[name].value
+                              for name in RUN_FLAGS + OPERATIONAL_FLAGS})
 
     @classmethod
     def from_json(cls, values: Mapping[str, object]) -> "TrainConfig":
-        """The config that `to_json()` (a `flags.json`) holds; UserError if a flag is missing or
-        unknown."""
+        """The config that `to_json()` (a `flags.json`) holds, optionally with operational flags;
+        UserError if a recorded flag is missing or a flag is unknown."""
         missing = [name for name in RUN_FLAGS if name not in values]
-        unknown = [name for name in values if name not in RUN_FLAGS]
+        unknown = [name for name in values if name not in RUN_FLAGS + OPERATIONAL_FLAGS]
         if missing or unknown:
             raise UserError("Not a complete set of experiments.train flags: "
                             + "; ".join(f"{what} {', '.join(names)}" for what, names in
@@ -98,8 +107,12 @@ class TrainConfig:
         return self.lr * self.lr_decay ** sum(epoch >= b for b in self.boundaries)
 
 
-# Every run flag of experiments/train.py, in definition order.
-RUN_FLAGS: Tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TrainConfig))
+# The recorded run flags of experiments/train.py (flags.json's keys), in definition order.
+RUN_FLAGS: Tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TrainConfig)
+                                   if f.metadata.get(_RECORDED, True))
+# The run flags that do not change results: not recorded, and a resume may change them.
+OPERATIONAL_FLAGS: Tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TrainConfig)
+                                           if f.name not in RUN_FLAGS)
 # Fields held as tuples (the config is frozen) that flags.json records as lists.
 _SEQUENCES = ("nets", "lr_boundaries")
 

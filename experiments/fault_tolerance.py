@@ -19,9 +19,11 @@ through a temporary file that is fsynced and then renamed) and only then *commit
 atomically replacing `training_metadata.json`, which names that weights file. The metadata file is
 the single commit point: wherever a kill lands, the directory holds the last committed checkpoint,
 complete, and whatever else is there (a partial temporary file, the uncommitted weights of the
-next epoch) is ignored and removed by the next save. It also refuses to back up an epoch whose
-loss is not finite, and can restore from another directory than it writes to (the non-chief
-workers of a multi-worker run write their backups to a scratch folder but restore the chief's).
+next epoch) is ignored and removed by the next save. It can back up only every Nth epoch (and
+always the last one; Keras's `save_freq` counts batches, not epochs). It also refuses to back up
+an epoch whose loss is not finite, and can restore from another directory than it writes to (the
+non-chief workers of a multi-worker run write their backups to a scratch folder but restore the
+chief's).
 
 Test hooks (environment variables; for the fault tests, not for users)
 -----------------------------------------------------------------------
@@ -31,9 +33,11 @@ can SIGKILL it there deterministically:
 
 - `checkpoint`: inside a checkpoint write, after the new weights file is in place and before the
   metadata commits it (the moment Keras's own callback is torn);
+- `epoch_end`: at the end of every epoch, before its backup is written (or skipped: see
+  `backup_every`);
 - `export`: after `net1.keras` is written and before the other networks and `results.json`.
 
-`@<epoch>` restricts the pause to the checkpoint of that (1-based) epoch.
+`@<epoch>` restricts the pause to that (1-based) epoch.
 """
 
 from __future__ import annotations
@@ -133,12 +137,20 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
     Args:
         backup_dir: where checkpoints are written.
         restore_dir: where the checkpoint to resume from is read (default: `backup_dir`).
+        backup_every: back up at the end of every Nth epoch (counted from the first epoch of
+            training, not of this `fit`) and of the last epoch `fit` trains. A resumed run
+            restarts from the last backup, so it trains up to N - 1 epochs again.
     """
 
-    def __init__(self, backup_dir: str, restore_dir: Optional[str] = None):
+    def __init__(self, backup_dir: str, restore_dir: Optional[str] = None,
+                 backup_every: int = 1):
+        if isinstance(backup_every, bool) or not isinstance(backup_every, int) or backup_every < 1:
+            raise ValueError(f"backup_every must be an integer >= 1, got {backup_every!r}.")
         super().__init__(backup_dir=backup_dir, save_freq="epoch", delete_checkpoint=False)
         self.restore_dir = restore_dir or backup_dir
+        self.backup_every = backup_every
         self._restored = False
+        self._unsaved = None  # (epoch, logs) of a finished epoch not backed up yet
 
     def restore(self, model: Optional[keras.Model] = None) -> int:
         """Loads the committed checkpoint (weights, optimizer state) into the model.
@@ -186,7 +198,23 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
         if loss is not None and not math.isfinite(float(loss)):
             # Never back up weights that a diverged epoch produced; keep the last good ones.
             raise NonFiniteLoss(float(loss), epoch, None)
-        super().on_epoch_end(epoch, logs)
+        debug_pause("epoch_end", epoch + 1)
+        finished = epoch + 1
+        last = self.params.get("epochs") if self.params else None
+        # The last epoch is always backed up: a finished run's state is complete on disk (the
+        # export after `fit` may be killed, and the rerun must find every epoch trained).
+        if finished % self.backup_every == 0 or last is None or finished >= last:
+            self._unsaved = None
+            super().on_epoch_end(epoch, logs)  # Keras's epoch-end save, through `_save_model`
+        else:
+            self._unsaved = (epoch, logs)
+
+    def on_train_end(self, logs=None):
+        if self._unsaved is not None:  # `fit` stopped early (`stop_training`): back up its end
+            epoch, epoch_logs = self._unsaved
+            self._unsaved = None
+            super().on_epoch_end(epoch, epoch_logs)
+        super().on_train_end(logs)
 
     @compat.override(keras.callbacks.BackupAndRestore)  # checks Keras still calls it, as (self)
     def _save_model(self):

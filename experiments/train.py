@@ -14,13 +14,14 @@ batch 128, 200 epochs, lr x0.2 at epochs 60, 120 and 160). `--model_dir` ends up
     results.json               final test errors per network and head, timing, versions, history
     test_error.png             test error per epoch of every network
 
-Re-running the same command resumes a killed run at its last finished epoch (optimizer state
-included); re-running a finished one does nothing. A directory holding a run with other flags is
-refused unless `--overwrite` is given. Checkpoints are committed atomically, so a kill at any
-moment (a checkpoint write included) leaves the last finished epoch resumable
-(experiments/fault_tolerance.py says why Keras's own BackupAndRestore does not). A NaN or infinite
-training loss stops the run with an error before the diverged epoch is backed up. The script never
-writes through a symbolic link inside `--model_dir`.
+Re-running the same command resumes a killed run at its last backed-up epoch (optimizer state
+included; every epoch is backed up unless `--backup_every` says otherwise); re-running a finished
+one does nothing. A directory holding a run with other flags is refused unless `--overwrite` is
+given. Checkpoints are committed atomically, so a kill at any moment (a checkpoint write
+included) leaves the last backed-up epoch resumable (experiments/fault_tolerance.py says why
+Keras's own BackupAndRestore does not). A NaN or infinite training loss stops the run with an
+error before the diverged epoch is backed up. The script never writes through a symbolic link
+inside `--model_dir`.
 
 Multi-worker training (`--distribute=multi_worker`): every worker runs the same command with its
 own `$TF_CONFIG`, e.g. `{"cluster": {"worker": ["host1:2222", "host2:2222"]}, "task": {"type":
@@ -54,8 +55,8 @@ from typing import Iterator, List, NamedTuple, Optional, Tuple
 from absl import app, flags
 
 from experiments import common, plots
-from experiments.config import RUN_FLAGS, TrainConfig, parse_boundaries, parse_connections, \
-    parse_json
+from experiments.config import OPERATIONAL_FLAGS, RUN_FLAGS, TrainConfig, parse_boundaries, \
+    parse_connections, parse_json
 
 METHOD_HELP = ("baseline: networks alone; dsn: + auxiliary heads (deep supervision); dks: + KD "
                "between heads of one network; dml: KD between final heads; dcm: heads + dense "
@@ -116,6 +117,11 @@ flags.DEFINE_integer("max_test_examples", None, "Evaluate on the first N test ex
 flags.DEFINE_integer("eval_every", 1, "Evaluate on the test split every N epochs (and always "
                      "after the last): long runs on small training sets spend most of their "
                      "time evaluating otherwise.", lower_bound=1)
+flags.DEFINE_integer("backup_every", 1, "Write the fault-tolerance backup (weights, optimizer "
+                     "state) every N epochs and always after the last: a run killed in between "
+                     "resumes from its last backup and trains up to N-1 epochs again, but runs of "
+                     "many tiny epochs stop spending most of their time writing checkpoints. "
+                     "Results do not depend on it, so a resume may change it.", lower_bound=1)
 flags.DEFINE_bool("overwrite", False, "Replace a run with different flags in --model_dir.")
 flags.mark_flag_as_required("model_dir")
 
@@ -177,7 +183,7 @@ def flagfile_text() -> str:
     parsing, so `--flagfile` would reject them.
     """
     lines = FLAGS.flags_into_string().splitlines()
-    own = {FLAGS[name].serialize() for name in RUN_FLAGS}
+    own = {FLAGS[name].serialize() for name in RUN_FLAGS + OPERATIONAL_FLAGS}
     return "".join(f"{line}\n" for line in lines if line in own)
 
 
@@ -688,7 +694,7 @@ def _restore(config: TrainConfig, task: Task, device: Device, dcm, run_dir: RunD
         out_dir = tempfile.mkdtemp(prefix=f"dcm_{task.type}{task.index}_")
         scratch.append(out_dir)
     backup = AtomicBackupAndRestore(os.path.join(out_dir, common.BACKUP_DIR),
-                                    restore_dir=restore_dir)
+                                    restore_dir=restore_dir, backup_every=config.backup_every)
     with device.strategy.scope(), user_errors(CheckpointError):
         # Weights and optimizer state of the last finished epoch, also when no epoch is left to
         # train (a run killed while exporting must export the trained weights).

@@ -13,22 +13,28 @@ Every relaunch must resume from the last committed epoch (read from the backup a
 the final run must end with the same weights as an uninterrupted run under --deterministic. With
 Keras's BackupAndRestore, kill 2 would make the relaunch train an epoch twice; before the backup
 was restored for export, kill 3 would have exported untrained networks.
+
+`--backup_every=N` backs up every Nth epoch and the last one only; a kill between two backups
+resumes from the earlier one and still ends with the uninterrupted run's results.
 """
 
 import csv
 import json
+import os
 import random
 import time
 
 import numpy as np
 import pytest
 
-from cli_helpers import TINY_TRAIN_FLAGS, Watched, h5_arrays, message_lines
+from cli_helpers import TINY_TRAIN_FLAGS, Watched, h5_arrays, message_lines, one_line_error, \
+    run_all
 
 pytestmark = pytest.mark.requires_tensorflow("experiment scripts are tested on TensorFlow")
 
 EPOCHS = 4
 TIMEOUT = 180
+PAUSE = "DCM_DEBUG_PAUSE"
 
 
 def _args(folder, model_dir, *extra):
@@ -177,3 +183,104 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(na
     dcm.optimizer.build(dcm.trainable_variables)
     dcm.load_weights(str(checkpoint))
     assert all(np.isfinite(w).all() for w in dcm.get_weights())
+
+
+def _backups(model_dir) -> set:
+    """What the backup folder holds: the committed metadata and weights files."""
+    folder = model_dir / "backup"
+    return {p.name for p in folder.iterdir()} if folder.exists() else set()
+
+
+def _checkpointed_epochs(process) -> list:
+    """The epochs whose checkpoint the process wrote (with DCM_DEBUG_PAUSE=checkpoint:0)."""
+    return [int(line.split("(epoch ")[1].rstrip(")\n")) for line in process.out
+            if line.startswith("[debug] pause at checkpoint")]
+
+
+def test_backup_every_backs_up_every_nth_and_the_last_epoch(tmp_path):
+    """The callback alone: with backup_every=3 over 5 epochs, only epochs 3 and 5 are committed;
+    a `fit` stopped early (stop_training) still backs up the last epoch it trained."""
+    import keras
+
+    from experiments.fault_tolerance import AtomicBackupAndRestore, committed_epoch
+
+    class Spy(keras.callbacks.Callback):  # after the backup: sees what it left on disk
+        def __init__(self, folder, stop_after=None):
+            super().__init__()
+            self.folder, self.stop_after, self.seen = folder, stop_after, []
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.seen.append((committed_epoch(self.folder), sorted(os.listdir(self.folder))
+                              if os.path.isdir(self.folder) else []))
+            if epoch + 1 == self.stop_after:
+                self.model.stop_training = True
+
+    x = np.random.default_rng(0).normal(size=(8, 2)).astype("float32")
+    for stop_after, expected in ((None, 5), (4, 4)):
+        folder = str(tmp_path / f"backup_{stop_after}")
+        model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+        model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9), loss="mse")
+        spy = Spy(folder, stop_after)
+        model.fit(x, x[:, :1], epochs=5, batch_size=4, verbose=0,
+                  callbacks=[AtomicBackupAndRestore(folder, backup_every=3), spy])
+        committed = [epoch for epoch, _ in spy.seen]
+        assert committed == [0, 0, 3, 3, 5][:len(committed)], spy.seen
+        assert spy.seen[2][1] == ["epoch0003.weights.h5", "training_metadata.json"]
+        assert committed_epoch(folder) == expected
+        assert sorted(os.listdir(folder)) == [f"epoch{expected:04d}.weights.h5",
+                                              "training_metadata.json"]
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="backup_every must be an integer >= 1"):
+            AtomicBackupAndRestore(str(tmp_path), backup_every=bad)
+
+
+def test_backup_every_resumes_from_the_last_backup(small_folder, tmp_path, launch):
+    """--backup_every=3 over 5 epochs: backups after epochs 3 and 5 only. A kill after epoch 4
+    resumes from epoch 3 (under another --backup_every: it is not a recorded flag) and ends with
+    the uninterrupted run's results."""
+    epochs, checkpoints = 5, "checkpoint:0"  # print a line at every checkpoint write
+    straight_dir, killed_dir = tmp_path / "straight", tmp_path / "killed"
+
+    def args(model_dir, every):
+        return _args(small_folder, model_dir, f"--epochs={epochs}", f"--backup_every={every}")
+
+    straight = launch("train", *args(straight_dir, 3), extra_env={PAUSE: checkpoints})
+    victim = launch("train", *args(killed_dir, 3),
+                    extra_env={PAUSE: f"{checkpoints},epoch_end@4:120"})
+    victim.wait_for("pause at epoch_end (epoch 4)", TIMEOUT)
+    # Epoch 4 is trained and not backed up: the backup still holds epoch 3, and only it.
+    assert _committed(killed_dir) == 3
+    assert _backups(killed_dir) == {"epoch0003.weights.h5", "training_metadata.json"}
+    victim.kill()
+    assert _checkpointed_epochs(victim) == [3]
+
+    resumed = launch("train", *args(killed_dir, 2), extra_env={PAUSE: checkpoints})
+    assert resumed.finish(TIMEOUT) == 0, resumed.describe()
+    assert f"Resuming {killed_dir} at epoch 4/{epochs}." in resumed.stdout, resumed.describe()
+    assert [line.split()[1] for line in resumed.out if line.startswith("Epoch ")] == [
+        f"4/{epochs}", f"5/{epochs}"]
+    assert _checkpointed_epochs(resumed) == [4, 5]  # every 2nd epoch now, and the last
+    assert straight.finish(TIMEOUT) == 0, straight.describe()
+    assert _checkpointed_epochs(straight) == [3, 5]
+
+    results = json.loads((killed_dir / "results.json").read_text())
+    expected = json.loads((straight_dir / "results.json").read_text())
+    assert results.keys() == expected.keys()
+    assert results["resumed_at_epoch"] == 3 and expected["resumed_at_epoch"] == 0
+    assert [row["epoch"] for row in results["history"]] == list(range(epochs))
+    for net in ("net1", "net2"):
+        assert results["networks"][net]["test_error"] == expected["networks"][net]["test_error"]
+    # Not a recorded flag: flags.json is as before --backup_every existed.
+    assert "backup_every" not in json.loads((killed_dir / "flags.json").read_text())
+    assert "--backup_every=2" in (killed_dir / "flagfile.txt").read_text().splitlines()
+    assert not (killed_dir / "backup").exists()
+
+
+def test_backup_every_below_one_is_refused(small_folder, tmp_path):
+    outcomes = run_all({str(bad): ["train", *_args(small_folder, tmp_path / f"run{bad}"),
+                                   f"--backup_every={bad}"] for bad in (0, -1)}, tmp_path)
+    for bad, outcome in outcomes.items():
+        line = one_line_error(outcome)
+        assert line.startswith(f"FATAL Flags parsing error: flag --backup_every={bad}: ")
+        assert "positive integer" in line, line
+        assert not outcome[2].exists()  # nothing written

@@ -81,3 +81,17 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_run(small_folder, tmp_p
     straight_results = json.loads((straight_dir / "results.json").read_text())
     assert straight_results["networks"]["net1"]["test_error"] == \
         results["networks"]["net1"]["test_error"]
+
+
+def test_a_comparison_config_may_set_backup_every(tmp_path):
+    """--backup_every is an operational flag: not recorded, but a comparison may set it."""
+    from experiments import compare
+    from experiments.config import OPERATIONAL_FLAGS, RUN_FLAGS
+
+    assert OPERATIONAL_FLAGS == ("backup_every",) and "backup_every" not in RUN_FLAGS
+    assert "backup_every" in compare.TRAIN_FLAGS
+    path = tmp_path / "quick.json"
+    path.write_text(json.dumps({"rows": [["wrn_10_1", "wrn_10_1"]], "methods": ["baseline"],
+                                "seeds": [0], "train_flags": {"backup_every": 5}}))
+    config = compare.load_config("demo", str(path), None, None, None, None)
+    assert config["train_flags"] == {"backup_every": 5}
