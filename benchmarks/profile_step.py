@@ -3,8 +3,11 @@ r"""Where one DCM training step spends its time: an op-level breakdown from Tens
     python -m benchmarks.profile_step                              # float32 and the best precision
     python -m benchmarks.profile_step --precisions=mixed_bfloat16 --inter_op_threads=1
 
+Shares the flags of `benchmarks.throughput` (`--net`, `--batch_size`, `--image_size`,
+`--precisions`, `--warmup`, `--inter_op_threads`, `--intra_op_threads`, `--output_json`).
+
 Builds the DCM pair (`--net`, both networks with their heads, dense connections, SGD with
-momentum) exactly as `benchmarks.throughput` does, warms it up in `fit`, then records `--steps`
+momentum) exactly as `benchmarks.throughput` does, warms it up in `fit`, then records `--profile_steps`
 steps with `tf.profiler.experimental` and reads the trace (`*.xplane.pb`) back. Every op the
 executor ran is put in one bucket:
 
@@ -36,20 +39,11 @@ from typing import Dict, Iterable, List, Tuple
 
 from absl import app, flags
 
+from benchmarks import throughput  # noqa: F401  (its flags: --net, --batch_size, --precisions, ...)
+
 FLAGS = flags.FLAGS
-flags.DEFINE_string("net", "wrn_16_2", "Network of the pair (see dcm_keras.networks).")
-flags.DEFINE_integer("num_classes", 100, "Classes of every head.", lower_bound=2)
-flags.DEFINE_integer("batch_size", 128, "Batch size.", lower_bound=1)
-flags.DEFINE_integer("image_size", 32, "Square input size (3 channels).", lower_bound=8)
-flags.DEFINE_list("precisions", ["float32", "best"], "float32, mixed_bfloat16 or best.")
-flags.DEFINE_integer("steps", 4, "Profiled steps.", lower_bound=1)
-flags.DEFINE_integer("warmup", 3, "Steps before profiling (tracing).", lower_bound=1)
-flags.DEFINE_integer("inter_op_threads", 0, "TensorFlow inter-op threads (0: TF's default).",
-                     lower_bound=0)
-flags.DEFINE_integer("intra_op_threads", 0, "TensorFlow intra-op threads (0: TF's default).",
-                     lower_bound=0)
-flags.DEFINE_bool("xla", False, "jit_compile the step (the trace then shows XLA clusters).")
-flags.DEFINE_string("output_json", None, "Also write the breakdown here.")
+flags.DEFINE_integer("profile_steps", 4, "Profiled steps.", lower_bound=1)
+flags.DEFINE_bool("profile_xla", False, "jit_compile the step (the trace then shows XLA clusters).")
 
 BUCKETS = ("conv forward", "conv backward", "batch norm", "dense", "elementwise (networks)",
            "layout and casts", "optimizer update", "loss, metrics, weight decay", "input")
@@ -140,7 +134,7 @@ def breakdown(ops: Iterable[Tuple[str, str, int, int]], steps: int, wall_s: floa
 
 
 def profile(precision: str) -> dict:
-    """Profiles `FLAGS.steps` steps of the DCM pair in `precision`."""
+    """Profiles `FLAGS.profile_steps` steps of the DCM pair in `precision`."""
     import keras
     import numpy as np
     import tensorflow as tf
@@ -153,7 +147,8 @@ def profile(precision: str) -> dict:
     nets = [networks.build(FLAGS.net, FLAGS.num_classes, input_shape=shape, aux_heads=True)
             for _ in range(2)]
     model = DCM(nets, connections="dense")
-    model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), jit_compile=FLAGS.xla)
+    model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
+                  jit_compile=FLAGS.profile_xla)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((FLAGS.batch_size, *shape)).astype("float32")
     y = rng.integers(0, FLAGS.num_classes, FLAGS.batch_size)
@@ -162,19 +157,19 @@ def profile(precision: str) -> dict:
     logdir = tempfile.mkdtemp(prefix="dcm_profile_")
     tf.profiler.experimental.start(logdir)
     start = time.perf_counter()
-    model.fit(dataset, epochs=1, steps_per_epoch=FLAGS.steps, verbose=0)
+    model.fit(dataset, epochs=1, steps_per_epoch=FLAGS.profile_steps, verbose=0)
     wall = time.perf_counter() - start
     tf.profiler.experimental.stop()
-    result = breakdown(read_trace(logdir), FLAGS.steps, wall)
-    result.update(precision=precision, images_per_s=FLAGS.batch_size * FLAGS.steps / wall,
-                  trace_dir=logdir)
+    result = breakdown(read_trace(logdir), FLAGS.profile_steps, wall)
+    result.update(precision=precision, trace_dir=logdir,
+                  images_per_s=FLAGS.batch_size * FLAGS.profile_steps / wall)
     return result
 
 
 def markdown(results: List[dict], machine: str) -> str:
     """The breakdowns side by side, one column per precision."""
     lines = [f"Profile of one DCM step ({FLAGS.net} pair with heads, batch {FLAGS.batch_size}, "
-             f"{FLAGS.image_size}x{FLAGS.image_size}, XLA {'on' if FLAGS.xla else 'off'}, "
+             f"{FLAGS.image_size}x{FLAGS.image_size}, XLA {'on' if FLAGS.profile_xla else 'off'}, "
              f"inter-op threads {FLAGS.inter_op_threads or 'default'}); {machine}.", "",
              "| bucket | " + " | ".join(f"{r['precision']} ms/step (share)" for r in results)
              + " |", "|---|" + "---:|" * len(results)]

@@ -485,6 +485,7 @@ class Worker:
         self.log_path = os.path.join(log_dir, re.sub(r"[^A-Za-z0-9_.-]", "_", label) + ".log")
         env = dict(os.environ)
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        env.update(spec.get("env") or {})  # settings read at TensorFlow's start (oneDNN, malloc)
         env["PYTHONPATH"] = REPO_ROOT + os.pathsep + env.get("PYTHONPATH", "")
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
@@ -616,7 +617,8 @@ class Benchmark:
 
     def start_worker(self, config: str, precision: str, xla: bool, bn: str = "fused",
                      **extra) -> Worker:
-        label = f"{config}-{precision}-{'xla' if xla else 'noxla'}-{bn}bn"
+        label = f"{config}-{precision}-{'xla' if xla else 'noxla'}-{bn}bn" + "".join(
+            f"-{key}={value}" for key, value in sorted(extra.items()) if key != "loss_cost")
         self.log(f"starting {label}")
         worker = Worker(self._spec(kind="model", config=config, precision=precision, xla=xla,
                                    bn=bn, **extra), self.log_dir, label)

@@ -50,7 +50,7 @@ def test_breakdown_counts_overlap_and_idle():
 def test_profiles_a_real_step(tmp_path):
     out = tmp_path / "profile.json"
     command = [sys.executable, "-m", "benchmarks.profile_step", "--net=wrn_10_1",
-               "--num_classes=10", "--image_size=16", "--batch_size=4", "--steps=1", "--warmup=1",
+               "--num_classes=10", "--image_size=16", "--batch_size=4", "--profile_steps=1", "--warmup=1",
                "--precisions=float32", f"--output_json={out}"]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND="tensorflow")
     proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
