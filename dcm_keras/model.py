@@ -13,11 +13,10 @@ and the JAX backend.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import warnings
-from typing import List, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
 import keras
 import numpy as np
@@ -27,39 +26,15 @@ from dcm_keras import _keras_compat as compat
 from dcm_keras import connections as connections_lib
 from dcm_keras import losses as losses_lib
 from dcm_keras import validation
+from dcm_keras.errors import UserError
 from dcm_keras.multi_worker import MultiWorkerFixes
 from dcm_keras.summary import print_summary
 from dcm_keras.surgery import export_network as _export_network
+from dcm_keras.validation import network_heads
 
 CE_NORMALIZATIONS = ("sum", "mean_per_network")
 _BETWEEN_NETWORKS = ("dense", "same_stage", "cross_stage", "final")
 KD_NORMALIZATIONS = ("sum", "mean_per_student")
-
-
-def network_heads(network: keras.Model) -> List[str]:
-    """The head names of a network, shallow to deep, with `"logits"` last.
-
-    Raises a clear error for a model that is not functional or has no `"logits"` output.
-    """
-    if not isinstance(network, keras.Model):
-        raise TypeError(f"Expected a keras.Model, got {type(network).__name__}.")
-    try:
-        output = network.output
-    except (AttributeError, ValueError):
-        raise ValueError(
-            f"Network {network.name!r} is not a functional model: DCM needs a model built as "
-            "keras.Model(inputs, {'aux1': ..., 'logits': ...}) so its heads are known.") from None
-    if not isinstance(output, dict) or connections_lib.FINAL_HEAD not in output:
-        got = sorted(output) if isinstance(output, dict) else type(output).__name__
-        raise ValueError(
-            f"Network {network.name!r} must return a dict of logits with a 'logits' entry "
-            f"(optionally 'aux1', 'aux2', ... before it); its output is {got}.")
-    for key, tensor in output.items():
-        if len(tensor.shape) != 2:
-            raise ValueError(f"Head {key!r} of network {network.name!r} must output logits of "
-                             f"shape (batch, classes), got {tuple(tensor.shape)}.")
-    heads = [k for k in output if k != connections_lib.FINAL_HEAD]
-    return heads + [connections_lib.FINAL_HEAD]
 
 
 @keras.saving.register_keras_serializable(package="dcm_keras")
@@ -95,7 +70,7 @@ class DCM(MultiWorkerFixes, keras.Model):
             networks = [networks]
         networks = list(networks)
         if not networks:
-            raise ValueError("DCM needs at least one network.")
+            raise UserError("DCM needs at least one network.")
         heads = [network_heads(net) for net in networks]
         # Keyed by position as well as name: networks often share a name (two "wrn_16_2"s), and a
         # dict keyed by name alone would keep only the last one and let a mismatch through.
@@ -103,23 +78,23 @@ class DCM(MultiWorkerFixes, keras.Model):
         classes = {label: int(net.output["logits"].shape[-1])
                    for label, net in zip(labels, networks)}
         if len(set(classes.values())) != 1:
-            raise ValueError(f"All networks must predict the same number of classes; got {classes}.")
+            raise UserError(f"All networks must predict the same number of classes; got {classes}.")
         shapes = {label: tuple(net.input_shape[1:]) for label, net in zip(labels, networks)
                   if hasattr(net, "input_shape")}
         if len(set(shapes.values())) > 1:
-            raise ValueError(f"All networks must take the same input shape; got {shapes}.")
+            raise UserError(f"All networks must take the same input shape; got {shapes}.")
         if not (isinstance(temperature, (int, float)) and 0 < temperature < math.inf):
-            raise ValueError(f"temperature must be a finite positive number, got {temperature!r}.")
+            raise UserError(f"temperature must be a finite positive number, got {temperature!r}.")
         if not (isinstance(kd_weight, (int, float)) and 0 <= kd_weight < math.inf):
-            raise ValueError(f"kd_weight must be a finite number >= 0, got {kd_weight!r}.")
+            raise UserError(f"kd_weight must be a finite number >= 0, got {kd_weight!r}.")
         if not (isinstance(kd_warmup_epochs, int) and kd_warmup_epochs >= 0):
-            raise ValueError(f"kd_warmup_epochs must be an integer >= 0, got {kd_warmup_epochs!r}.")
+            raise UserError(f"kd_warmup_epochs must be an integer >= 0, got {kd_warmup_epochs!r}.")
         if ce_normalization not in CE_NORMALIZATIONS:
-            raise ValueError(f"Unknown ce_normalization {ce_normalization!r}. "
-                             f"Valid: {', '.join(CE_NORMALIZATIONS)}.")
+            raise UserError(f"Unknown ce_normalization {ce_normalization!r}. "
+                            f"Valid: {', '.join(CE_NORMALIZATIONS)}.")
         if kd_normalization not in KD_NORMALIZATIONS:
-            raise ValueError(f"Unknown kd_normalization {kd_normalization!r}. "
-                             f"Valid: {', '.join(KD_NORMALIZATIONS)}.")
+            raise UserError(f"Unknown kd_normalization {kd_normalization!r}. "
+                            f"Valid: {', '.join(KD_NORMALIZATIONS)}.")
 
         self.networks = networks
         self.temperature = float(temperature)
@@ -222,7 +197,7 @@ class DCM(MultiWorkerFixes, keras.Model):
         if self.kd_warmup_epochs and not any(isinstance(c, KDWarmup) for c in callbacks):
             callbacks.append(KDWarmup())
         steps = validation.StepCounter()
-        with self._refusals():
+        with validation.refusals(self):
             history = super().fit(x, y, *args, callbacks=callbacks + [steps], **kwargs)
         steps.check()
         return history
@@ -230,23 +205,23 @@ class DCM(MultiWorkerFixes, keras.Model):
     def evaluate(self, x=None, y=None, *args, **kwargs):
         """`keras.Model.evaluate`, refusing in-memory labels outside `[0, num_classes)`."""
         self._check_data(x, y, "evaluation")
-        with self._refusals():
+        with validation.refusals(self):
             return super().evaluate(x, y, *args, **kwargs)
 
     def predict(self, x, *args, **kwargs):
         """`keras.Model.predict`, refusing images the networks cannot take before tracing."""
         validation.check_images(validation.images_spec(x), self._image_spec)
-        with self._refusals():
+        with validation.refusals(self):
             return super().predict(x, *args, **kwargs)
 
     def train_on_batch(self, x, y=None, *args, **kwargs):
         self._check_data(x, y, "training")
-        with self._refusals():
+        with validation.refusals(self):
             return super().train_on_batch(x, y, *args, **kwargs)
 
     def test_on_batch(self, x, y=None, *args, **kwargs):
         self._check_data(x, y, "evaluation")
-        with self._refusals():
+        with validation.refusals(self):
             return super().test_on_batch(x, y, *args, **kwargs)
 
     def _check_data(self, x, y, what: str) -> None:
@@ -254,47 +229,11 @@ class DCM(MultiWorkerFixes, keras.Model):
         validation.check_images(validation.images_spec(x), self._image_spec)
         validation.check_label_values(y, self.num_classes, f"{what} labels")
 
-    @contextlib.contextmanager
-    def _refusals(self):
-        """Drops the step functions when a check refuses data while they are traced.
-
-        A refusal raised inside the first trace of a `tf.function` leaves that function
-        half-traced: its next trace, on correct data, would create the optimizer's variables on
-        a "non-first call" and fail. Fresh step functions trace from scratch.
-        """
-        kept = []
-        if keras.backend.backend() == "jax":
-            optimizer = getattr(self, "optimizer", None)
-            if optimizer is not None and not optimizer.built:
-                optimizer.build(self.trainable_variables)  # so that its values can be kept
-            kept = self._variable_values()
-        try:
-            yield
-        except validation.InputError:
-            self.train_function = self.test_function = self.predict_function = None
-            # Keras's JAX trainer detaches every variable's value while a step runs and
-            # re-attaches them only after one has run: a refusal in the first trace would leave
-            # the model without weights.
-            for variable, value in kept:
-                if getattr(variable, "_value", 0) is None:
-                    variable.assign(value)
-            for variable in self.metrics_variables:  # compiled metrics built during the trace
-                if getattr(variable, "_value", 0) is None:
-                    variable.assign(ops.zeros(variable.shape, variable.dtype))
-            raise
-
-    def _variable_values(self) -> list:
-        optimizer = getattr(self, "optimizer", None)
-        variables = (list(self.variables) + list(self.metrics_variables)
-                     + (list(optimizer.variables) if optimizer is not None else []))
-        unique = {id(v): v for v in variables}.values()
-        return [(v, v.value) for v in unique if getattr(v, "_value", None) is not None]
-
     def compile(self, optimizer="rmsprop", loss=None, **kwargs):
         """Like `keras.Model.compile`, without `loss`: DCM computes its own loss."""
         if loss is not None:
-            raise ValueError("DCM computes its own loss; call compile() without `loss`. Use the "
-                             "connections, temperature and kd_weight arguments of DCM instead.")
+            raise UserError("DCM computes its own loss; call compile() without `loss`. Use the "
+                            "connections, temperature and kd_weight arguments of DCM instead.")
         super().compile(optimizer=optimizer, **kwargs)
 
     def compile_from_config(self, config):
@@ -344,8 +283,8 @@ class DCM(MultiWorkerFixes, keras.Model):
             return names.index(network)
         if isinstance(network, int) and 0 <= network < len(self.networks):
             return network
-        raise ValueError(f"Unknown network {network!r}: give an index in "
-                         f"[0, {len(self.networks)}) or one of {', '.join(names)}.")
+        raise UserError(f"Unknown network {network!r}: give an index in "
+                        f"[0, {len(self.networks)}) or one of {', '.join(names)}.")
 
     def export_network(self, network: Union[int, str] = 0, *, preprocessing=None,
                        precision: str = "float32", resize: Optional[bool] = None

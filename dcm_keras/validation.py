@@ -14,20 +14,51 @@ The checks cost nothing per step:
   when it builds a pipeline;
 - an empty dataset is refused before `fit` when its size is known (arrays, a dataset of known
   cardinality), and otherwise detected after `fit` when no training step ran.
+
+`network_heads` checks the networks `DCM` is given, and `refusals` leaves a model usable after a
+check refused data while a step was being traced.
 """
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+import contextlib
+from typing import Iterator, List, Optional, Tuple
 
 import keras
 import numpy as np
 
+from dcm_keras.connections import FINAL_HEAD
 from dcm_keras.errors import UserError
 
 
 class InputError(UserError):
     """Data that `DCM` refuses (a ValueError, so existing handlers still catch it)."""
+
+
+def network_heads(network: keras.Model) -> List[str]:
+    """The head names of a network, shallow to deep, with `"logits"` last.
+
+    Raises a clear error for a model that is not functional or has no `"logits"` output.
+    """
+    if not isinstance(network, keras.Model):
+        raise TypeError(f"Expected a keras.Model, got {type(network).__name__}.")
+    try:
+        output = network.output
+    except (AttributeError, ValueError):
+        raise UserError(
+            f"Network {network.name!r} is not a functional model: DCM needs a model built as "
+            "keras.Model(inputs, {'aux1': ..., 'logits': ...}) so its heads are known.") from None
+    if not isinstance(output, dict) or FINAL_HEAD not in output:
+        got = sorted(output) if isinstance(output, dict) else type(output).__name__
+        raise UserError(
+            f"Network {network.name!r} must return a dict of logits with a 'logits' entry "
+            f"(optionally 'aux1', 'aux2', ... before it); its output is {got}.")
+    for key, tensor in output.items():
+        if len(tensor.shape) != 2:
+            raise UserError(f"Head {key!r} of network {network.name!r} must output logits of "
+                            f"shape (batch, classes), got {tuple(tensor.shape)}.")
+    heads = [k for k in output if k != FINAL_HEAD]
+    return heads + [FINAL_HEAD]
 
 
 def _in_memory(value) -> Optional[np.ndarray]:
@@ -167,3 +198,41 @@ class StepCounter(keras.callbacks.Callback):
             raise InputError("DCM.fit ran no training step: the training data yielded no batch "
                              "(an empty dataset, or fewer examples than one batch with "
                              "drop_remainder=True).")
+
+
+@contextlib.contextmanager
+def refusals(model: keras.Model) -> Iterator[None]:
+    """Drops `model`'s step functions when a check refuses data while they are traced.
+
+    A refusal raised inside the first trace of a `tf.function` leaves that function
+    half-traced: its next trace, on correct data, would create the optimizer's variables on
+    a "non-first call" and fail. Fresh step functions trace from scratch.
+    """
+    kept = []
+    if keras.backend.backend() == "jax":
+        optimizer = getattr(model, "optimizer", None)
+        if optimizer is not None and not optimizer.built:
+            optimizer.build(model.trainable_variables)  # so that its values can be kept
+        kept = _variable_values(model)
+    try:
+        yield
+    except InputError:
+        model.train_function = model.test_function = model.predict_function = None
+        # Keras's JAX trainer detaches every variable's value while a step runs and
+        # re-attaches them only after one has run: a refusal in the first trace would leave
+        # the model without weights.
+        for variable, value in kept:
+            if getattr(variable, "_value", 0) is None:
+                variable.assign(value)
+        for variable in model.metrics_variables:  # compiled metrics built during the trace
+            if getattr(variable, "_value", 0) is None:
+                variable.assign(keras.ops.zeros(variable.shape, variable.dtype))
+        raise
+
+
+def _variable_values(model: keras.Model) -> list:
+    optimizer = getattr(model, "optimizer", None)
+    variables = (list(model.variables) + list(model.metrics_variables)
+                 + (list(optimizer.variables) if optimizer is not None else []))
+    unique = {id(v): v for v in variables}.values()
+    return [(v, v.value) for v in unique if getattr(v, "_value", None) is not None]
