@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
+import re
 from typing import Callable, Sequence, Tuple, TypeVar
 
 import keras
@@ -94,6 +95,33 @@ PRIVATE_METHODS = (
 )
 
 
+@dataclasses.dataclass(frozen=True)
+class PrivateAttribute:
+    """A private attribute dcm_keras reads or sets on Keras objects.
+
+    Attributes are set at run time, so they cannot be looked up on the class; the check reads
+    the Keras source of `owner` (a class or module) for an access to `.name`.
+    """
+
+    owner: object
+    name: str
+    backends: Tuple[str, ...] = ()
+
+    def applies(self) -> bool:
+        """Whether the current backend's Keras uses this attribute."""
+        return not self.backends or keras.backend.backend() in self.backends
+
+    def check(self) -> None:
+        """Raises `KerasCompatibilityError` unless Keras's source still uses the attribute."""
+        symbol = f"{getattr(self.owner, '__qualname__', self.owner)}.{self.name}"
+        try:
+            source = inspect.getsource(self.owner)
+        except (OSError, TypeError):
+            raise KerasCompatibilityError(symbol, "has no readable source") from None
+        if not re.search(rf"\.{re.escape(self.name)}\b", source):
+            raise KerasCompatibilityError(symbol, "is no longer used")
+
+
 def override(owner: type) -> Callable[[_F], _F]:
     """Decorator for a method overriding `owner`'s private method of the same name.
 
@@ -121,9 +149,9 @@ def override(owner: type) -> Callable[[_F], _F]:
 
 def check_all() -> None:
     """Checks every private symbol dcm_keras uses; runs when this module is imported."""
-    for method in PRIVATE_METHODS:
-        if method.applies():
-            method.check()
+    for symbol in PRIVATE_METHODS + PRIVATE_ATTRIBUTES:
+        if symbol.applies():
+            symbol.check()
     check_signature(MetricsList, "__init__", ("self", "metrics", "name", "output_name"))
     check_signature(_loss_module, "scale_loss_for_distribution", ("value",))
     if not (isinstance(Functional, type) and issubclass(Functional, keras.Model)):
@@ -140,6 +168,22 @@ Functional = private_import("keras.src.models.functional", "Functional")
 # compute_loss does; Keras then sums the replicas' gradients.
 scale_loss_for_distribution = private_import("keras.src.losses.loss", "scale_loss_for_distribution")
 _loss_module = importlib.import_module("keras.src.losses.loss")
+
+
+PRIVATE_ATTRIBUTES = (
+    # experiments/fault_tolerance.py restores a backup itself and sets what Keras's callback sets:
+    # the model's starting epoch for fit and the callback's epoch counter.
+    PrivateAttribute(keras.callbacks.BackupAndRestore, "_initial_epoch"),
+    PrivateAttribute(keras.callbacks.BackupAndRestore, "_current_epoch"),
+    # mark_lower_is_better: the monitoring callbacks read a metric's direction from it.
+    PrivateAttribute(private_import("keras.src.callbacks.monitor_callback", "MonitorCallback"),
+                     "_direction"),
+    # dcm_keras/validation.py re-attaches variable values a failed JAX trace detached.
+    PrivateAttribute(private_import("keras.src.backend.common.variables", "Variable"), "_value"),
+    # dcm_keras/multi_worker.py reads the strategy a model was built under.
+    PrivateAttribute(private_import("keras.src.trainers.trainer", "Trainer"),
+                     "_distribute_strategy"),
+)
 
 
 def mark_lower_is_better(metric: keras.metrics.Metric) -> keras.metrics.Metric:

@@ -82,7 +82,7 @@ class TrainConfig:
 
     def to_json(self) -> Dict[str, object]:
         """The JSON-ready dict of every flag, in definition order: what flags.json holds."""
-        return {name: list(value) if name in _SEQUENCES else value
+        return {name: list(value) if name in _SEQUENCES and value is not None else value
                 for name, value in ((f, getattr(self, f)) for f in RUN_FLAGS)}
 
     @property

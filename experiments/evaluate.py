@@ -131,12 +131,14 @@ def evaluate(model_path: str, dataset: str, split: str = "test", data_dir: Optio
 def main(argv: List[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    from dcm_keras.errors import UserError as LibraryError  # imports TensorFlow: after flags
+
     try:
         result = evaluate(FLAGS.model, FLAGS.dataset, FLAGS.split, FLAGS.data_dir,
                           FLAGS.image_size, FLAGS.batch_size, FLAGS.max_examples)
-    # ValueError and RuntimeError too: dcm_keras's loader and data module report an unreadable
-    # or unsafe file, or a dataset they cannot prepare, with these.
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
+    # dcm_keras reports an unreadable or unsafe file with its UserError, and a dataset it cannot
+    # prepare (or missing TensorFlow) with RuntimeError; anything else is a bug: a traceback.
+    except (UserError, LibraryError, OSError, RuntimeError) as e:
         sys.exit(f"error: {common.one_line(e)}")
     for name, score in result.get("networks", {"": result}).items():
         top5 = ("" if score["top5_error"] is None

@@ -430,7 +430,7 @@ def history_logger(path: str):
             there = os.lstat(path)
             if (opened.st_dev, opened.st_ino) != (there.st_dev, there.st_ino):
                 self.csv_file.close()
-                raise ValueError(f"{path} changed while it was opened (a link planted there?); "
+                raise common.UserError(f"{path} changed while it was opened (a link planted there?); "
                                  "refusing to write through it.")
 
     return HistoryLogger(path, append=True)
@@ -755,7 +755,7 @@ def _fit_and_report(run: Run, process_start: float) -> int:
         history_logger(history_path),
         # Raises at the first non-finite batch loss, before the epoch (and its backup) ends.
         StopOnNonFiniteLoss(),
-        # Restored in _prepare; kept after training and removed only once results.json is
+        # Restored by the _restore step; kept after training and removed only once results.json is
         # written, so a kill during export resumes with nothing left to train.
         run.backup,
     ]

@@ -39,6 +39,21 @@ def test_a_missing_or_changed_method_fails_loudly(owner, problem):
     assert isinstance(error.value, ImportError)
 
 
+def test_a_private_attribute_keras_stopped_using_fails_loudly():
+    class Plain:
+        def method(self):
+            return self.public
+
+    compat.PrivateAttribute(Plain, "public").check()
+    with pytest.raises(compat.KerasCompatibilityError, match="_gone.*is no longer used"):
+        compat.PrivateAttribute(Plain, "_gone").check()
+    # Every attribute dcm_keras touches is declared against the installed Keras's source.
+    for attribute in compat.PRIVATE_ATTRIBUTES:
+        attribute.check()
+    names = {a.name for a in compat.PRIVATE_ATTRIBUTES}
+    assert {"_initial_epoch", "_current_epoch", "_direction", "_value"} <= names
+
+
 def test_a_missing_private_import_fails_loudly():
     with pytest.raises(compat.KerasCompatibilityError, match="keras.src.models.nothing_here.X"):
         compat.private_import("keras.src.models.nothing_here", "X")

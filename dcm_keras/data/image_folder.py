@@ -110,7 +110,7 @@ def _decode_to_rgb(contents: tf.Tensor, size: int) -> tf.Tensor:
 
 
 def _image_folder_arrays(pairs: list[tuple[str, int]], size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Decodes every file once (in parallel); any file that fails is named in a ValueError."""
+    """Decodes every file once (in parallel); any file that fails is named in a UserError."""
     files = [f for f, _ in pairs]
     decoded = (tf.data.Dataset.from_tensor_slices((tf.range(len(files), dtype=tf.int64), files))
                .map(lambda i, f: (i, _decode_to_rgb(tf.io.read_file(f), size)),

@@ -45,7 +45,7 @@ DATASETS: tuple = tuple(f"{n}:PATH" if n == IMAGE_FOLDER else n for n in REGISTR
 
 
 def lookup(name: str) -> DatasetSpec:
-    """The registered record of a dataset name; ValueError names the valid ones."""
+    """The registered record of a dataset name; UserError names the valid ones."""
     if name.startswith(IMAGE_FOLDER):
         parse_image_folder(name)  # the path is part of the name
         return REGISTRY[IMAGE_FOLDER]

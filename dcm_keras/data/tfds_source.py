@@ -26,8 +26,8 @@ def tfds_builder(name: str, data_dir: str | None):
             raise RuntimeError(
                 f"Could not prepare tfds dataset {name!r} in {data_dir or 'the default data_dir'}: "
                 f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}. Without internet "
-                "place the official archives in <data_dir>/downloads/manual/ as docs/data.md "
-                "explains.") from e
+                "place the official archives in <data_dir>/downloads/manual/ as the project's "
+                "docs/data.md explains.") from e
     return builder, tfds
 
 

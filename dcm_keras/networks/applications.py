@@ -78,8 +78,12 @@ def build_application(name: str, num_classes: int, input_shape=(32, 32, 3),
     pad = [max(0, 32 - size) for size in input_shape[:2]]
     if any(pad):  # the applications refuse inputs below 32x32
         x = keras.layers.ZeroPadding2D(tuple((p // 2, p - p // 2) for p in pad), name="pad")(x)
-    model = fn(weights=None, input_tensor=x, classes=num_classes,
-               classifier_activation=None, **options, **kwargs)
+    try:
+        model = fn(weights=None, input_tensor=x, classes=num_classes,
+                   classifier_activation=None, **options, **kwargs)
+    except ValueError as e:  # e.g. InceptionV3 at 32x32: "Computed output size would be zero"
+        raise UserError(f"keras:{name} cannot be built for {input_shape} images: "
+                        f"{str(e).splitlines()[0] if str(e) else e}") from e
     model = _our_conventions(model)
     return attach_heads(model, "auto" if aux_heads else [], "replica", weight_decay,
                         name=name.lower())

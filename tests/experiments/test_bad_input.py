@@ -2,7 +2,8 @@
 written over earlier results. Complements test_cli_errors.py (flags, missing folders, a folder with
 no class, a corrupt image, a run directory holding another run's flags).
 
-Scripts: a TF_CONFIG that is not JSON, lacks this worker or is empty; an image folder with an empty
+Scripts: a TF_CONFIG that is not JSON, lacks this worker or is empty; an unknown `keras:NAME`
+network and one that cannot take the images; an image folder with an empty
 class; `--max_train_examples=0`; a finished run with other flags; truncated, foreign and unsafe
 `.keras` files for evaluate.py. Library: labels outside [0, classes), one-hot labels, images of the
 wrong shape or dtype, empty data, Fashion-MNIST IDX labels out of range.
@@ -84,8 +85,22 @@ def outcomes(tmp_path_factory, small_folder):
         "evaluate_foreign": (["evaluate", f"--model={foreign}", "--dataset=cifar10"], {}),
         "evaluate_text": (["evaluate", f"--model={text}", "--dataset=cifar10"], {}),
         "evaluate_lambda": (["evaluate", f"--model={unsafe}", "--dataset=cifar10"], {}),
+        "keras_unknown": (_train(small_folder, root / "m7", "--nets=keras:NoSuchNet,wrn_10_1"),
+                          {}),
+        # InceptionV3 needs at least 75x75 inputs; the folder's are 8x8 (padded to 32x32).
+        "keras_too_small": (_train(small_folder, root / "m8", "--nets=keras:InceptionV3,wrn_10_1"),
+                            {}),
     }
     return run_all(cases, root), files
+
+
+def test_keras_applications_names_and_sizes_are_checked(outcomes):
+    results, _ = outcomes
+    message = one_line_error(results["keras_unknown"])
+    assert "Unknown keras.applications model 'NoSuchNet'" in message
+    assert "keras:MobileNetV3Small" in message  # the valid names are listed
+    message = one_line_error(results["keras_too_small"])
+    assert "keras:InceptionV3 cannot be built for" in message
 
 
 def test_tf_config_that_is_not_json(outcomes):

@@ -173,3 +173,25 @@ def test_evaluate_an_exported_network(smoke_run, hundred_class_folder, tmp_path)
     # The exported network alone reproduces what training measured with its heads attached.
     assert evaluation["top1_error"] == pytest.approx(final["test_error"]["logits"], abs=1e-3)
     assert evaluation["top5_error"] == pytest.approx(final["top5_error"], abs=1e-3)
+
+
+def test_a_keras_applications_network_trains_next_to_ours(small_folder, tmp_path):
+    """`--nets=keras:NAME,...`: a keras.applications classifier gets heads and trains with DCM."""
+    from cli_helpers import tiny_train
+
+    from dcm_keras import load_network, networks
+
+    model_dir = tmp_path / "keras_app"
+    proc = run(*tiny_train(small_folder, model_dir, "--nets=keras:MobileNet,wrn_10_1"),
+               timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((model_dir / "results.json").read_text())
+    assert results["complete"] and results["flags"]["nets"] == ["keras:MobileNet", "wrn_10_1"]
+    assert results["history"][-1]["kd_loss"] > 0 and results["history"][-1]["wd_loss"] > 0
+    assert results["networks"]["net1"]["architecture"] == "keras:MobileNet"
+    assert results["networks"]["net1"]["params"] < results["networks"]["net1"]["params_with_heads"]
+    net = load_network(str(model_dir / "net1.keras"))  # safe_mode=True, raw pixels in
+    plain = networks.build("keras:MobileNet", 3, input_shape=(8, 8, 3), aux_heads=False)
+    # The exported network is the application itself: no head, its own parameter count.
+    assert net.count_params() == plain.count_params()
+    assert not any(layer.name.startswith("aux") for layer in net.layers)
