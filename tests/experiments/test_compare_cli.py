@@ -130,6 +130,7 @@ def test_verdict_says_within_spread_better_or_worse():
 
 
 @pytest.mark.parametrize("preset,config", [("demo", "fmnist_n4096_e2"),
+                                           ("demo_fit", "fmnist_n128_e120"),
                                            ("fmnist_long", "fmnist_n1024_e200")])
 def test_study_presets_are_the_studied_settings(preset, config):
     """The presets docs/accuracy.md vouches for run exactly the flags its tables came from."""

@@ -54,14 +54,14 @@ def test_schedule_and_method_defaults():
 def test_presets_are_config_files():
     """--preset=NAME reads experiments/configs/NAME.json, in the format of --config files."""
     assert compare.preset_names() == sorted(compare.PRESETS) == [
-        "demo", "fmnist_long", "paper_cifar100"]
+        "demo", "demo_fit", "fmnist_long", "paper_cifar100"]
     for name in compare.preset_names():
         path = os.path.join(compare.PRESETS_DIR, f"{name}.json")
         from_preset = compare.load_config(name, None, None, None, None, None)
         from_file = compare.load_config("demo", path, None, None, None, None)
         assert from_preset == from_file and from_preset["name"] == name
         assert "description" not in from_preset  # documentation, not recorded in table.json
-    with pytest.raises(common.UserError, match="demo, fmnist_long, paper_cifar100"):
+    with pytest.raises(common.UserError, match="demo, demo_fit, fmnist_long, paper_cifar100"):
         compare.preset_path("nope")
 
 
