@@ -884,7 +884,7 @@ def main(argv: List[str]) -> None:
     except UserError as e:
         sys.exit(f"error: {e}")
     except KeyboardInterrupt:  # Ctrl-C: the checkpoints make this a pause, not a crash
-        print("error: interrupted; re-running the same command resumes from the last finished "
+        print("error: interrupted; re-running the same command resumes from the last backed-up "
               "epoch.", file=sys.stderr, flush=True)
         sys.exit(130)
 
