@@ -6,6 +6,7 @@ import os
 import platform
 import re
 
+
 def cpu_kind(vendor: str, cpu_flags) -> str:
     """The machine kind in words: the benchmark's numbers differ between them."""
     if "amx_bf16" in cpu_flags:

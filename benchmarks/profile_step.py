@@ -53,7 +53,7 @@ _NET_SCOPE = re.compile(r"(^|/)dcm(_\d+)?/[^/]+/")
 
 def bucket(name: str, op_type: str) -> str:
     """The bucket of one executed op, from its type and its name scope."""
-    if op_type.startswith("IteratorGetNext") or op_type.startswith("Iterator"):
+    if op_type.startswith("Iterator"):
         return "input"
     if "Backprop" in op_type and "Conv" in op_type:
         return "conv backward"

@@ -58,7 +58,7 @@ from typing import Dict, List, Optional
 
 from absl import app, flags
 
-from benchmarks.machine import cpu_info, cpu_kind, resolve_precision  # noqa: F401
+from benchmarks.machine import cpu_info, resolve_precision
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_PEER_SCRIPT = os.path.normpath(

@@ -63,3 +63,18 @@ def test_profiles_a_real_step(tmp_path):
         assert ms[name] > 0, (name, ms)
     assert 0 <= result["idle_share"] < 1 and result["overlap"] >= 1
     assert "| conv backward |" in proc.stdout
+
+
+def test_the_peer_profile_uses_the_same_buckets():
+    """benchmarks/peer_profile.py runs in the peer's venv (no absl, no TensorFlow), so it keeps
+    its own copy of the bucket names: they must stay those of profile_step for the README's
+    side-by-side table."""
+    from benchmarks import peer_profile
+
+    assert peer_profile.BUCKETS == profile_step.BUCKETS
+    assert peer_profile.bucket("aten::convolution_backward") == "conv backward"
+    assert peer_profile.bucket("aten::mkldnn_convolution") == "conv forward"
+    assert peer_profile.bucket("aten::native_batch_norm_backward") == "batch norm"
+    assert peer_profile.bucket("aten::_foreach_add_") == "optimizer update"
+    assert peer_profile.bucket("aten::_log_softmax") == "loss, metrics, weight decay"
+    assert peer_profile.bucket("aten::threshold_backward") == "elementwise (networks)"

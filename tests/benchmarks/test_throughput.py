@@ -83,9 +83,11 @@ def test_tiny_end_to_end(tmp_path):
 
 
 def test_cpu_kind_names_both_machine_kinds():
-    assert "Sapphire Rapids" in throughput.cpu_kind("GenuineIntel", {"amx_bf16", "avx512_bf16"})
-    assert throughput.cpu_kind("AuthenticAMD", {"avx512_bf16"}) == "AMD EPYC (avx512_bf16)"
-    assert throughput.cpu_kind("GenuineIntel", set()) == "Intel"
+    from benchmarks.machine import cpu_kind
+
+    assert "Sapphire Rapids" in cpu_kind("GenuineIntel", {"amx_bf16", "avx512_bf16"})
+    assert cpu_kind("AuthenticAMD", {"avx512_bf16"}) == "AMD EPYC (avx512_bf16)"
+    assert cpu_kind("GenuineIntel", set()) == "Intel"
 
 
 def test_best_peer_mode_is_per_precision():
