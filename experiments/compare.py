@@ -221,9 +221,9 @@ def _last_error_line(directory: str) -> str:
 
 
 def mean_std(values: Sequence[float]) -> Dict[str, float]:
-    """Mean and sample standard deviation (0 for a single value)."""
+    """Mean and sample standard deviation (None for a single value: no spread is known)."""
     return {"mean": statistics.fmean(values),
-            "std": statistics.stdev(values) if len(values) > 1 else 0.0, "n": len(values)}
+            "std": statistics.stdev(values) if len(values) > 1 else None, "n": len(values)}
 
 
 def final_train_accuracy(results: dict, net: str) -> Optional[float]:
@@ -245,6 +245,7 @@ def versus_baseline(config: dict, rows: List[dict]) -> List[dict]:
     `margin` = baseline mean error - method mean error (positive: the method is better);
     `spread` = the larger of the two sample standard deviations over seeds. A margin that does
     not exceed the spread is reported as within it: the seeds do not separate the two methods.
+    With a single seed on either side there is no spread: `spread` and `exceeds_spread` are None.
     """
     out = []
     for nets in config["rows"]:
@@ -261,9 +262,10 @@ def versus_baseline(config: dict, rows: List[dict]) -> List[dict]:
                 if b is None:
                     continue
                 margin = b["mean"] - err["mean"]
-                spread = max(b["std"], err["std"])
+                known = b["std"] is not None and err["std"] is not None
+                spread = max(b["std"], err["std"]) if known else None
                 nets_out[key] = {"margin": margin, "spread": spread,
-                                 "exceeds_spread": abs(margin) > spread}
+                                 "exceeds_spread": abs(margin) > spread if known else None}
             out.append({"nets": list(nets), "method": method, "networks": nets_out,
                         "time_vs_baseline": row["time_vs_baseline"]})
     return out
@@ -275,6 +277,10 @@ def verdict_lines(comparisons: List[dict]) -> List[str]:
     for c in comparisons:
         parts = []
         for key, v in c["networks"].items():
+            if v["exceeds_spread"] is None:
+                parts.append(f"{key} error {-v['margin']:+.2f} points (one seed: no spread to "
+                             f"judge it against)")
+                continue
             if not v["exceeds_spread"]:
                 word = "within the seed spread"
             else:
@@ -326,6 +332,11 @@ def summarize(config: dict, results: Dict[tuple, dict]) -> List[dict]:
     return rows
 
 
+def _mean_std_text(e: Dict[str, float]) -> str:
+    """`mean ± std`, or `mean (1 seed)` when there is no spread."""
+    return f"{e['mean']:.2f} (1 seed)" if e["std"] is None else f"{e['mean']:.2f} ± {e['std']:.2f}"
+
+
 def markdown_table(config: dict, rows: List[dict], notes: Sequence[str] = ()) -> str:
     """The summary as a markdown table (error in %, mean +/- sample std over seeds).
 
@@ -339,7 +350,7 @@ def markdown_table(config: dict, rows: List[dict], notes: Sequence[str] = ()) ->
         cells = [" / ".join(row["nets"]), row["method"]]
         for k in range(width):
             e = row["test_error"].get(f"net{k + 1}")
-            cells.append(f"{e['mean']:.2f} ± {e['std']:.2f}" if e else "")
+            cells.append(_mean_std_text(e) if e else "")
         acc = [a["mean"] for a in row.get("train_accuracy", {}).values()]
         cells.append(f"{statistics.fmean(acc):.1f}" if acc else "")
         t, x = row["epoch_train_seconds"], row["time_vs_baseline"]
@@ -377,15 +388,15 @@ def plot(config: dict, rows: List[dict], path: str) -> None:
             key = f"net{k + 1}"
             xs = [i + (k - (len(nets) - 1) / 2) * width for i in range(len(mine))]
             ax.bar(xs, [r["test_error"][key]["mean"] for r in mine], width,
-                   yerr=[r["test_error"][key]["std"] for r in mine], capsize=4,
+                   yerr=[r["test_error"][key]["std"] or 0.0 for r in mine], capsize=4,
                    label=f"{key} ({name})", color=f"C{k}")
         ax.set_xticks(range(len(methods)), methods)
         ax.set_ylabel("test error (%)")
         ax.set_title(" / ".join(nets))
         errors = [r["test_error"][f"net{k + 1}"] for r in mine for k in range(len(nets))]
         if errors:  # zoom in (bars start above 0): methods differ by little next to the error
-            low = min(e["mean"] - e["std"] for e in errors)
-            high = max(e["mean"] + e["std"] for e in errors)
+            low = min(e["mean"] - (e["std"] or 0.0) for e in errors)
+            high = max(e["mean"] + (e["std"] or 0.0) for e in errors)
             margin = max(high - low, 1.0)
             ax.set_ylim(max(0.0, low - margin), high + 0.3 * margin)
         ax.grid(axis="y", alpha=0.3)

@@ -146,3 +146,42 @@ def test_study_presets_are_the_studied_settings(preset, config):
     assert mine["seeds"] == studied["seeds"]
     assert set(mine["methods"]) <= set(studied["methods"]) and "baseline" in mine["methods"]
     assert mine["rows"] == studied["rows"]
+
+
+def test_single_seed_has_no_spread_and_no_verdict():
+    """One seed gives no spread: the table says so and no better/worse/within verdict is drawn."""
+    from experiments import compare
+
+    assert compare.mean_std([12.5]) == {"mean": 12.5, "std": None, "n": 1}
+
+    def row(method, error, std, n):
+        return {"nets": ["a", "b"], "method": method, "time_vs_baseline": 1.5, "seeds": [0],
+                "epoch_train_seconds": 1.0, "train_accuracy": {},
+                "test_error": {"net1": {"mean": error, "std": std, "n": n}}}
+
+    config = {"rows": [["a", "b"]], "seeds": [0], "train_flags": {"epochs": 1}}
+    rows = [row("baseline", 10.0, None, 1), row("dcm", 9.0, None, 1)]
+    [versus] = compare.versus_baseline(config, rows)
+    assert versus["networks"]["net1"] == {"margin": 1.0, "spread": None, "exceeds_spread": None}
+    [line] = compare.verdict_lines([versus])
+    assert "net1 error -1.00 points (one seed: no spread" in line
+    assert "better" not in line and "within" not in line
+    table = compare.markdown_table(config, rows)
+    assert "10.00 (1 seed)" in table and "±" not in table.split("\n\n")[0]
+    # Against a multi-seed baseline, a single-seed method still has no spread to judge by.
+    rows[0] = row("baseline", 10.0, 0.4, 3)
+    assert compare.versus_baseline(config, rows)[0]["networks"]["net1"]["exceeds_spread"] is None
+
+
+def test_plot_draws_single_seed_rows(tmp_path):
+    pytest.importorskip("matplotlib")
+    from experiments import compare
+
+    rows = [{"nets": ["a", "b"], "method": m, "seeds": [0],
+             "test_error": {"net1": {"mean": e, "std": None, "n": 1},
+                            "net2": {"mean": e + 1, "std": None, "n": 1}}}
+            for m, e in (("baseline", 10.0), ("dcm", 9.0))]
+    config = {"name": "one_seed", "rows": [["a", "b"]], "methods": ["baseline", "dcm"],
+              "seeds": [0]}
+    compare.plot(config, rows, str(tmp_path / "plot.png"))
+    assert (tmp_path / "plot.png").stat().st_size > 1000
