@@ -596,12 +596,22 @@ def _check_run_dir(config: TrainConfig, task: Task) -> Optional[RunDir]:
         if diffs and not config.overwrite:
             raise UserError(f"{model_dir} holds a run with different flags ({'; '.join(diffs)}); "
                             "use another --model_dir or pass --overwrite to replace it.")
+        lost = []
         if not diffs and common.completed_results(model_dir):
-            print(f"Run in {model_dir} is already complete; see "
-                  f"{os.path.join(model_dir, common.RESULTS_FILE)}. Nothing to do.", flush=True)
-            shutil.rmtree(os.path.join(model_dir, common.BACKUP_DIR), ignore_errors=True)
-            return None
-        replace = bool(diffs)
+            lost = [f"net{k + 1}.keras" for k in range(len(config.nets))
+                    if not os.path.isfile(os.path.join(model_dir, f"net{k + 1}.keras"))]
+            if not lost:
+                print(f"Run in {model_dir} is already complete; see "
+                      f"{os.path.join(model_dir, common.RESULTS_FILE)}. Nothing to do.",
+                      flush=True)
+                shutil.rmtree(os.path.join(model_dir, common.BACKUP_DIR), ignore_errors=True)
+                return None
+            if not config.overwrite:  # a finished run keeps no other copy of its weights
+                raise UserError(f"Run in {model_dir} finished, but {', '.join(lost)} "
+                                f"{'is' if len(lost) == 1 else 'are'} gone and a finished run "
+                                "keeps no backup to export from; pass --overwrite to train it "
+                                "again, or use another --model_dir.")
+        replace = bool(diffs or lost)
     if task.chief:  # refuses links before anything is written (or, with --overwrite, removed)
         common.check_no_symlinks(model_dir, *_written_paths(len(config.nets)))
     if previous is None and task.chief and not config.overwrite and os.path.isdir(model_dir):

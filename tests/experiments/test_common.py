@@ -65,3 +65,11 @@ def test_one_line():
     assert common.one_line(ValueError("a\n  b")) == "a b"
     assert common.one_line(KeyError()) == "KeyError"
     assert json.loads(json.dumps(common.versions()))["python"]
+
+
+def test_error_percent_drops_float32_noise_but_keeps_counts():
+    import numpy as np
+
+    assert common.error_percent(np.float32(0.8)) == 20.0  # 19.999998807907104 unrounded
+    assert common.error_percent(np.float32(1 - 1 / 50_000)) == pytest.approx(0.002, abs=1e-12)
+    assert common.error_percent(1.0) == 0.0 and common.error_percent(0.0) == 100.0

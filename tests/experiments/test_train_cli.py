@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -157,6 +158,32 @@ def test_rerunning_a_finished_run_does_nothing(smoke_run):
     # The recorded flagfile reproduces the run: here, it finds the same finished run.
     result = run("train", f"--flagfile={model_dir / 'flagfile.txt'}")
     assert result.returncode == 0 and "already complete" in result.stdout, describe(result)
+
+
+def test_a_finished_run_whose_export_is_gone_is_refused_then_retrained(smoke_run, tmp_path):
+    source, args, _ = smoke_run
+    model_dir = tmp_path / "copy"
+    shutil.copytree(source, model_dir)
+    (model_dir / "net1.keras").unlink()
+    args = [a for a in args if not a.startswith("--model_dir")] + [f"--model_dir={model_dir}"]
+    before = (model_dir / "results.json").read_text()
+    result = run("train", *args)
+    assert result.returncode == 1 and "already complete" not in result.stdout, describe(result)
+    assert "net1.keras is gone" in result.stderr and "--overwrite" in result.stderr
+    assert (model_dir / "results.json").read_text() == before
+    result = run("train", *args, "--overwrite")
+    assert result.returncode == 0 and "Epoch 2/2" in result.stdout, describe(result)
+    assert (model_dir / "net1.keras").is_file() and (model_dir / "net2.keras").is_file()
+
+
+def test_recorded_errors_carry_no_float32_noise(smoke_run):
+    model_dir, _, _ = smoke_run
+    networks = json.loads((model_dir / "results.json").read_text())["networks"]
+    values = [v for net in networks.values() for v in net["test_error"].values()]
+    values += [net["top5_error"] for net in networks.values()]
+    assert values and all(round(v, 4) == v for v in values)
+    # Each is a count of the 100 test images: a whole percent here.
+    assert all(abs(v - round(v)) < 1e-9 for v in values)
 
 
 def test_evaluate_an_exported_network(smoke_run, hundred_class_folder, tmp_path):
