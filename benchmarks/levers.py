@@ -36,6 +36,9 @@ LEVERS: Dict[str, tuple] = {
                  {"bn": "keras"}),
     "malloc_arena_1": ("MALLOC_ARENA_MAX=1: one glibc malloc arena (memory)",
                        {"env": {"MALLOC_ARENA_MAX": "1"}}),
+    "malloc_mmap_1mb": ("MALLOC_MMAP_THRESHOLD_=1048576: every block over 1 MiB mmapped and "
+                        "unmapped when freed (memory: RSS then holds no freed heap)",
+                        {"env": {"MALLOC_MMAP_THRESHOLD_": "1048576"}}),
 }
 
 FLAGS = flags.FLAGS
