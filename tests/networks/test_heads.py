@@ -233,6 +233,7 @@ def test_registry_builds_keras_applications_by_name(apps):
     assert "MobileNetV3Small" in application_names()
 
 
+@pytest.mark.core  # the README promises both backends
 def test_readme_your_own_backbone_example_runs():
     readme = pathlib.Path(__file__).resolve().parents[2] / "README.md"
     blocks = [b for b in re.findall(r"```python\n(.*?)```", readme.read_text(), flags=re.S)
