@@ -170,6 +170,7 @@ def _check(validator, name):
 _check(parse_connections, "connections")
 _check(parse_boundaries, "lr_boundaries")
 flags.register_validator("nets", lambda v: len(v) >= 1, "give at least one network")
+# dcm_keras.data.DATASETS, copied: importing dcm_keras starts the backend (a test keeps them equal).
 DATASETS = ("cifar10", "cifar100", "fashion_mnist", "imagenet2012", "image_folder:PATH")
 flags.register_validator(
     "dataset", lambda v: v in DATASETS[:-1] or (v.startswith("image_folder:") and len(v) > 13),
