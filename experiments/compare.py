@@ -25,6 +25,7 @@ under the table and a `"description"` of its own (not recorded with the results)
 from __future__ import annotations
 
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -189,7 +190,7 @@ def run_one(directory: str, train_flags: Dict[str, object], shared: bool = False
     fd = os.open(os.path.join(directory, "train.log"),
                  os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     with os.fdopen(fd, "a") as log:
-        log.write(f"$ {' '.join(argv)}\n")
+        log.write(f"$ {shlex.join(argv)}\n")  # pastable: the nets hold ':' and paths spaces
         log.flush()
         with _live_lock:
             if _stopping.is_set():  # the comparison is being interrupted: start nothing new

@@ -1,6 +1,7 @@
 """`python -m experiments.compare` on a tiny custom config: 2 methods x 2 seeds, 1 epoch each."""
 
 import json
+import shlex
 
 import pytest
 
@@ -42,6 +43,11 @@ def test_every_run_has_its_own_directory(comparison):
             assert results["complete"] and results["flags"]["seed"] == seed
             assert results["method"] == method
             assert (run_dir / "train.log").exists() and (run_dir / "net2.keras").exists()
+            # The logged command is quoted as a shell would need it (the folder's ':' etc.).
+            command = (run_dir / "train.log").read_text().splitlines()[0]
+            argv = shlex.split(command[len("$ "):])
+            assert argv[1:3] == ["-m", "experiments.train"]
+            assert f"--model_dir={run_dir}" in argv and f"--seed={seed}" in argv
     assert result.stdout.count("training in") == len(METHODS) * len(SEEDS)
 
 
