@@ -17,6 +17,7 @@ from __future__ import annotations
 import collections
 import datetime
 import json
+import os
 import statistics
 import time
 from typing import Dict, List, Tuple
@@ -26,11 +27,6 @@ from absl import app, flags
 from benchmarks.machine import cpu_info
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("net", "wrn_16_2", "Network name (see dcm_keras.networks.list_networks()).")
-flags.DEFINE_integer("batch_size", 128, "Batch size of each network.", lower_bound=1)
-flags.DEFINE_integer("image_size", 32, "Square input size (3 channels).", lower_bound=8)
-flags.DEFINE_integer("reps", 10, "Timed separate/grouped pairs per shape.", lower_bound=1)
-flags.DEFINE_string("output", None, "Also write the rows as JSON here.")
 
 # (input height, input width, in channels, out channels, kernel, stride, padding)
 Shape = Tuple[int, int, int, int, int, int, str]
@@ -133,6 +129,9 @@ def markdown(machine: dict, date: str, net: str, batch: int, rows: List[dict]) -
 def main(argv: List[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    if FLAGS.output and os.path.lexists(FLAGS.output):  # before the minutes of measuring
+        raise app.UsageError(f"--output {FLAGS.output} exists; earlier results are never "
+                             "overwritten.")
     machine = cpu_info()
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     rows = measure(FLAGS.net, FLAGS.image_size, FLAGS.batch_size, FLAGS.reps)
@@ -144,5 +143,17 @@ def main(argv: List[str]) -> None:
                       indent=1)
 
 
+def _define_flags() -> None:
+    """Only when run as a script: the test process imports several benchmark modules,
+    and absl refuses a flag name defined twice."""
+    flags.DEFINE_string("net", "wrn_16_2",
+                        "Network name (see dcm_keras.networks.list_networks()).")
+    flags.DEFINE_integer("batch_size", 128, "Batch size of each network.", lower_bound=1)
+    flags.DEFINE_integer("image_size", 32, "Square input size (3 channels).", lower_bound=8)
+    flags.DEFINE_integer("reps", 10, "Timed separate/grouped pairs per shape.", lower_bound=1)
+    flags.DEFINE_string("output", None, "Also write the rows as JSON here.")
+
+
 if __name__ == "__main__":
+    _define_flags()
     app.run(main)

@@ -12,17 +12,12 @@ step. A flat RSS over later steps means the step's memory is live, not creeping.
 from __future__ import annotations
 
 import json
+import os
 from typing import Dict, List
 
 from absl import app, flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("net", "wrn_16_2", "Network name (see dcm_keras.networks.list_networks()).")
-flags.DEFINE_integer("batch_size", 128, "Global batch size.", lower_bound=1)
-flags.DEFINE_integer("steps", 24, "Training steps.", lower_bound=1)
-flags.DEFINE_integer("report_every", 5, "Report RSS after every N-th step (and steps 0-2).",
-                     lower_bound=1)
-flags.DEFINE_string("output", None, "Also write the phases as JSON here (never overwritten).")
 
 
 def status_mib() -> Dict[str, float]:
@@ -83,6 +78,9 @@ def markdown(rows: List[dict]) -> str:
 def main(argv: List[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    if FLAGS.output and os.path.lexists(FLAGS.output):  # before the minutes of measuring
+        raise app.UsageError(f"--output {FLAGS.output} exists; earlier results are never "
+                             "overwritten.")
     rows = measure(FLAGS.net, FLAGS.batch_size, FLAGS.steps, FLAGS.report_every)
     print(f"{FLAGS.net} DCM pair, batch {FLAGS.batch_size}, float32:\n\n{markdown(rows)}",
           flush=True)
@@ -92,5 +90,19 @@ def main(argv: List[str]) -> None:
                       indent=1)
 
 
+def _define_flags() -> None:
+    """Only when run as a script: the test process imports several benchmark modules,
+    and absl refuses a flag name defined twice."""
+    flags.DEFINE_string("net", "wrn_16_2",
+                        "Network name (see dcm_keras.networks.list_networks()).")
+    flags.DEFINE_integer("batch_size", 128, "Global batch size.", lower_bound=1)
+    flags.DEFINE_integer("steps", 24, "Training steps.", lower_bound=1)
+    flags.DEFINE_integer("report_every", 5, "Report RSS after every N-th step (and steps 0-2).",
+                         lower_bound=1)
+    flags.DEFINE_string("output", None,
+                        "Also write the phases as JSON here (never overwritten).")
+
+
 if __name__ == "__main__":
+    _define_flags()
     app.run(main)

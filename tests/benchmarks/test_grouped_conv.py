@@ -38,3 +38,16 @@ def test_the_grouped_convolution_is_the_two_networks_convolutions():
     grouped = tf.nn.conv2d(np.concatenate([x1, x2], -1), np.concatenate([w1, w2], -1), 1, "SAME")
     separate = tf.concat([tf.nn.conv2d(x1, w1, 1, "SAME"), tf.nn.conv2d(x2, w2, 1, "SAME")], -1)
     np.testing.assert_allclose(grouped, separate, rtol=1e-4, atol=1e-4)
+
+
+def test_runs_as_a_script(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.grouped_conv", "--net=wrn_10_1", "--batch_size=2",
+         "--image_size=8", "--reps=1"], cwd=root, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "| all, weighted by count |" in result.stdout

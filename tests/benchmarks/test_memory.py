@@ -19,3 +19,21 @@ def test_phases_in_order_with_the_peak_never_below_rss():
     peaks = [r["VmHWM"] for r in rows]
     assert peaks == sorted(peaks)  # a high-water mark never falls
     assert "| after step 2 |" in memory.markdown(rows)
+
+
+def test_runs_as_a_script_and_never_overwrites(tmp_path):
+    import json
+    import os
+    import subprocess
+
+    out = tmp_path / "memory.json"
+    argv = [sys.executable, "-m", "benchmarks.memory", "--net=wrn_10_1", "--batch_size=2",
+            "--steps=2", f"--output={out}"]
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    result = subprocess.run(argv, cwd=root, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "| after step 1 |" in result.stdout
+    assert json.loads(out.read_text())["rows"][-1]["phase"] == "after step 1"
+    again = subprocess.run(argv, cwd=root, capture_output=True, text=True, timeout=300)
+    assert again.returncode != 0 and "never overwritten" in again.stderr
+    assert "after step" not in again.stdout  # refused before measuring
