@@ -29,12 +29,14 @@ data:
 # The whole suite under TensorFlow, then the core library tests (the files marked
 # `pytestmark = pytest.mark.core`) again under JAX, each on TEST_WORKERS pytest-xdist workers:
 # most tests wait on subprocesses (TensorFlow start-up, tiny training runs), so two workers on
-# two cores take ~10 minutes where one takes ~17.
+# two cores take ~10 minutes where one takes ~17. `--dist loadscope` keeps each module's tests on
+# one worker, so a module-scoped fixture (a training run shared by a file's tests) runs once, not
+# once per worker: 31 % less CPU on the compare and train CLI tests (135 against 195 s).
 TEST_WORKERS ?= 2
 
 test: venv data
-	KERAS_BACKEND=tensorflow TF_CPP_MIN_LOG_LEVEL=3 $(PY) -m pytest -q -n $(TEST_WORKERS) --durations=12 tests
-	KERAS_BACKEND=jax TF_CPP_MIN_LOG_LEVEL=3 $(PY) -m pytest -q -n $(TEST_WORKERS) -m core tests
+	KERAS_BACKEND=tensorflow TF_CPP_MIN_LOG_LEVEL=3 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope --durations=12 tests
+	KERAS_BACKEND=jax TF_CPP_MIN_LOG_LEVEL=3 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope -m core tests
 
 demo: venv data
 	TF_CPP_MIN_LOG_LEVEL=3 $(PY) -m experiments.compare --preset=demo --work_dir=$(WORK_DIR)/demo
