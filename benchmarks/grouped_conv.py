@@ -16,15 +16,13 @@ from __future__ import annotations
 
 import collections
 import datetime
-import json
-import os
 import statistics
 import time
 from typing import Dict, List, Tuple
 
 from absl import app, flags
 
-from benchmarks.machine import cpu_info
+from benchmarks.machine import cpu_info, refuse_existing_output, write_new_json
 
 FLAGS = flags.FLAGS
 
@@ -129,18 +127,15 @@ def markdown(machine: dict, date: str, net: str, batch: int, rows: List[dict]) -
 def main(argv: List[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    if FLAGS.output and os.path.lexists(FLAGS.output):  # before the minutes of measuring
-        raise app.UsageError(f"--output {FLAGS.output} exists; earlier results are never "
-                             "overwritten.")
+    refuse_existing_output(FLAGS.output)
     machine = cpu_info()
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     rows = measure(FLAGS.net, FLAGS.image_size, FLAGS.batch_size, FLAGS.reps)
     print(markdown(machine, date, FLAGS.net, FLAGS.batch_size, rows), flush=True)
     if FLAGS.output:
-        with open(FLAGS.output, "x") as f:  # never overwrites an earlier result
-            json.dump({"machine": machine, "date": date, "net": FLAGS.net,
-                       "batch_size": FLAGS.batch_size, "reps": FLAGS.reps, "rows": rows}, f,
-                      indent=1)
+        write_new_json(FLAGS.output, {"machine": machine, "date": date, "net": FLAGS.net,
+                                      "batch_size": FLAGS.batch_size, "reps": FLAGS.reps,
+                                      "rows": rows})
 
 
 def _define_flags() -> None:

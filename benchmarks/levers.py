@@ -13,14 +13,14 @@ taken next to each other. Peak RSS is each worker's own. The throughput flags (`
 from __future__ import annotations
 
 import datetime
-import json
 import tempfile
 from typing import Dict, List
 
 from absl import app, flags
 
 from benchmarks import throughput as tp
-from benchmarks.machine import cpu_info, resolve_precision
+from benchmarks.machine import (cpu_info, refuse_existing_output, resolve_precision,
+                                write_new_json)
 
 # name -> (what it changes, worker spec overrides)
 LEVERS: Dict[str, tuple] = {
@@ -100,6 +100,7 @@ def main(argv) -> None:
     if unknown:
         raise app.UsageError(f"Unknown --levers {unknown}; valid: {', '.join(LEVERS)}.")
     levers = ["default"] + [name for name in dict.fromkeys(FLAGS.levers) if name != "default"]
+    refuse_existing_output(FLAGS.output_json)
     machine = cpu_info()
     bench = tp.Benchmark()
     bench.log_dir = tempfile.mkdtemp(prefix="dcm_levers_")
@@ -111,9 +112,8 @@ def main(argv) -> None:
                     f"{FLAGS.windows} interleaved windows x {FLAGS.steps_per_window} steps")
     print(text)
     if FLAGS.output_json:
-        with open(FLAGS.output_json, "x") as f:
-            json.dump({"machine": machine, "date": date, "rows": rows, "markdown": text}, f,
-                      indent=1)
+        write_new_json(FLAGS.output_json,
+                       {"machine": machine, "date": date, "rows": rows, "markdown": text})
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import re
@@ -54,3 +55,18 @@ def resolve_precision(name: str, machine: dict) -> str:
     if {"avx512_bf16", "amx_bf16"} & set(machine.get("cpu_flags", [])):
         return "mixed_bfloat16"
     return "float32"
+
+
+def refuse_existing_output(path) -> None:
+    """Refuses an output file that exists, before the minutes of measuring: earlier results are
+    never overwritten (`write_new_json` then creates it)."""
+    if path and os.path.lexists(path):
+        from absl import app
+
+        raise app.UsageError(f"{path} exists; earlier results are never overwritten.")
+
+
+def write_new_json(path: str, value) -> None:
+    """Writes `value` as JSON to `path`, which must not exist."""
+    with open(path, "x") as f:
+        json.dump(value, f, indent=1)

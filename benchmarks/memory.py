@@ -11,11 +11,11 @@ step. A flat RSS over later steps means the step's memory is live, not creeping.
 
 from __future__ import annotations
 
-import json
-import os
 from typing import Dict, List
 
 from absl import app, flags
+
+from benchmarks.machine import refuse_existing_output, write_new_json
 
 FLAGS = flags.FLAGS
 
@@ -78,16 +78,13 @@ def markdown(rows: List[dict]) -> str:
 def main(argv: List[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    if FLAGS.output and os.path.lexists(FLAGS.output):  # before the minutes of measuring
-        raise app.UsageError(f"--output {FLAGS.output} exists; earlier results are never "
-                             "overwritten.")
+    refuse_existing_output(FLAGS.output)
     rows = measure(FLAGS.net, FLAGS.batch_size, FLAGS.steps, FLAGS.report_every)
     print(f"{FLAGS.net} DCM pair, batch {FLAGS.batch_size}, float32:\n\n{markdown(rows)}",
           flush=True)
     if FLAGS.output:
-        with open(FLAGS.output, "x") as f:
-            json.dump({"net": FLAGS.net, "batch_size": FLAGS.batch_size, "rows": rows}, f,
-                      indent=1)
+        write_new_json(FLAGS.output, {"net": FLAGS.net, "batch_size": FLAGS.batch_size,
+                                      "rows": rows})
 
 
 def _define_flags() -> None:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import collections
 import glob
-import json
 import os
 import re
 import tempfile
@@ -190,8 +189,10 @@ def main(argv) -> None:
     del argv
     import tensorflow as tf
 
-    from benchmarks.machine import cpu_info, resolve_precision
+    from benchmarks.machine import (cpu_info, refuse_existing_output, resolve_precision,
+                                    write_new_json)
 
+    refuse_existing_output(FLAGS.output_json)
     if FLAGS.inter_op_threads:
         tf.config.threading.set_inter_op_parallelism_threads(FLAGS.inter_op_threads)
     if FLAGS.intra_op_threads:
@@ -203,8 +204,7 @@ def main(argv) -> None:
     text = markdown(results, machine)
     print(text)
     if FLAGS.output_json:
-        with open(FLAGS.output_json, "x") as f:
-            json.dump({"machine": info, "results": results, "markdown": text}, f, indent=1)
+        write_new_json(FLAGS.output_json, {"machine": info, "results": results, "markdown": text})
 
 
 if __name__ == "__main__":

@@ -58,7 +58,8 @@ from typing import Dict, List, Optional
 
 from absl import app, flags
 
-from benchmarks.machine import cpu_info, resolve_precision
+from benchmarks.machine import (cpu_info, refuse_existing_output, resolve_precision,
+                                write_new_json)
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_PEER_SCRIPT = os.path.normpath(
@@ -1031,11 +1032,11 @@ def main(argv) -> None:
     if FLAGS.worker:
         worker_main(json.loads(FLAGS.worker))
         return
+    refuse_existing_output(FLAGS.output_json)
     report = Benchmark().run()
     print(report["markdown"])
     if FLAGS.output_json:
-        with open(FLAGS.output_json, "w") as f:
-            json.dump(report, f, indent=1)
+        write_new_json(FLAGS.output_json, report)
 
 
 if __name__ == "__main__":
