@@ -351,7 +351,7 @@ def _clear_run(model_dir: str, previous: dict) -> None:
     nets = previous.get("nets")
     count = len(nets) if isinstance(nets, list) else 0
     names = [common.FLAGS_FILE, common.FLAGFILE, common.RESULTS_FILE, common.HISTORY_FILE,
-             common.PLOT_FILE] + [f"net{k + 1}.keras" for k in range(count)]
+             common.PLOT_FILE] + [_network_file(k) for k in range(count)]
     for name in names:
         path = os.path.join(model_dir, name)
         if os.path.lexists(path):
@@ -376,12 +376,17 @@ def _check_workers_agree(strategy, epoch: int, restore_dir: str) -> None:
                         "system).")
 
 
+def _network_file(k: int) -> str:
+    """The exported file of network k (0-based) in --model_dir."""
+    return f"net{k + 1}.keras"
+
+
 def _written_paths(num_nets: int) -> List[str]:
     """Everything a run writes in --model_dir, relative to it."""
     return [common.FLAGS_FILE, common.FLAGFILE, common.HISTORY_FILE, common.RESULTS_FILE,
             common.PLOT_FILE, common.BACKUP_DIR, os.path.join(common.LOG_DIR, "train"),
             os.path.join(common.LOG_DIR, "validation")] + [
-        f"net{k + 1}.keras" for k in range(num_nets)]
+        _network_file(k) for k in range(num_nets)]
 
 
 def _deployable(run: Run, k: int):
@@ -431,8 +436,8 @@ def history_logger(path: str):
             there = os.lstat(path)
             if (opened.st_dev, opened.st_ino) != (there.st_dev, there.st_ino):
                 self.csv_file.close()
-                raise common.UserError(f"{path} changed while it was opened (a link planted there?); "
-                                 "refusing to write through it.")
+                raise UserError(f"{path} changed while it was opened (a link planted there?); "
+                                "refusing to write through it.")
 
     return HistoryLogger(path, append=True)
 
@@ -599,8 +604,8 @@ def _check_run_dir(config: TrainConfig, task: Task) -> Optional[RunDir]:
                             "use another --model_dir or pass --overwrite to replace it.")
         lost = []
         if not diffs and common.completed_results(model_dir):
-            lost = [f"net{k + 1}.keras" for k in range(len(config.nets))
-                    if not os.path.isfile(os.path.join(model_dir, f"net{k + 1}.keras"))]
+            lost = [_network_file(k) for k in range(len(config.nets))
+                    if not os.path.isfile(os.path.join(model_dir, _network_file(k)))]
             if not lost:
                 print(f"Run in {model_dir} is already complete; see "
                       f"{os.path.join(model_dir, common.RESULTS_FILE)}. Nothing to do.",
@@ -818,7 +823,7 @@ def _fit_and_report(run: Run, process_start: float) -> int:
     for k, (name, net, heads, ids) in enumerate(zip(config.nets, run.nets, dcm.heads,
                                                     dcm.head_ids)):
         deployable = _deployable(run, k)
-        path = _save_model_atomically(deployable, os.path.join(model_dir, f"net{k + 1}.keras"))
+        path = _save_model_atomically(deployable, os.path.join(model_dir, _network_file(k)))
         if k == 0:
             debug_pause("export")
         entry = {
