@@ -38,7 +38,6 @@ ABLATIONS_1024 = [("fmnist_n1024_e16_dcm_norm", "ce mean_per_network + kd mean_p
 # The 1,024 x 200 point again on the CPU with TensorFlow (tf.data pipeline), baseline and DCM.
 REPLICATION = "fmnist_n1024_e200_cpu"
 # Sequential runs (one at a time on the GPU): the training-time multiples.
-TIMING = ["fmnist_n60000_e2_timing", "fmnist_n2048_e10_timing"]
 METHODS = ["baseline", "dsn", "dml", "dcm", "same_stage", "cross_stage"]
 FASHION_TRAIN = 60_000
 
@@ -120,17 +119,6 @@ def ablation_table(reference, ablations):
         acc = f"{r['acc'][0]:.1f}" if r["acc"] else ""
         lines.append(f"| {label} | {fmt(r['pair'])} | {r['pair'][0] - dcm:+.2f} | "
                      f"{r['pair'][0] - base:+.2f} | {acc} | {r['pair'][2]} |")
-    return "\n".join(lines)
-
-
-def timing_table(tables):
-    lines = ["| timing run | method | s / epoch | time x baseline (pair) | time x one network |",
-             "|" + "---|" * 5]
-    for _, table in tables:
-        for method, r in per_method(table).items():
-            t = r["time"]
-            lines.append(f"| {budget_label(table).replace(chr(10), ' ')} | {method} | "
-                         f"{r['epoch_s']:.2f} | {t:.2f} | {2 * t:.2f} |")
     return "\n".join(lines)
 
 
@@ -230,10 +218,6 @@ def main():
     if replication:
         print()
         print(sweep_table([(REPLICATION, replication)]))
-    timing = [(n, t) for n in TIMING if (t := load(n)) is not None]
-    if timing:
-        print()
-        print(timing_table(timing))
     if tables:
         print("\n## short budgets (CPU)\n")
         print(sweep_table(tables + ([(STAGES, stages)] if stages else [])))
