@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -343,6 +344,39 @@ def test_cifar_mock_augmentation():
     assert aug.min() >= plain.min() - 1e-5 and aug.max() <= plain.max() + 1e-5
     unchanged = [any(np.array_equal(a, p) for p in plain) for a in aug]
     assert not all(unchanged)
+
+
+def test_cifar_without_a_copy_or_network_fails_at_once(tmp_path, monkeypatch):
+    """No prepared copy, no archive and no network: the error comes at once and names
+    docs/data.md (tfds itself retries the download for about 3.5 minutes before failing)."""
+    checked = []
+    monkeypatch.setattr(data.tfds_source, "reachable", lambda url: checked.append(url) or False)
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match="docs/data.md") as error:
+        data.load("cifar10", "test", batch_size=8, data_dir=str(tmp_path))
+    assert time.monotonic() - start < 10
+    assert checked == ["https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"]
+    assert str(tmp_path / "downloads" / "manual") in str(error.value)
+
+
+def test_cifar_archive_in_the_manual_directory_is_tried_without_the_network(tmp_path,
+                                                                          monkeypatch):
+    manual = tmp_path / "downloads" / "manual"
+    manual.mkdir(parents=True)
+    (manual / "cifar-10-binary.tar.gz").write_bytes(b"not the archive")
+    monkeypatch.setattr(data.tfds_source, "reachable",
+                        lambda url: pytest.fail(f"looked for {url} with an archive at hand"))
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match="Could not prepare tfds dataset 'cifar10'.*docs/data.md"):
+        data.load("cifar10", "test", batch_size=8, data_dir=str(tmp_path))
+    assert time.monotonic() - start < 30
+
+
+def test_reachable_gives_up_within_its_timeout():
+    start = time.monotonic()
+    assert not data.tfds_source.reachable("http://127.0.0.1:9/", timeout=2.0)  # refused
+    assert not data.tfds_source.reachable("https://192.0.2.1/x", timeout=2.0)  # TEST-NET-1
+    assert time.monotonic() - start < 6
 
 
 def test_normalize_constant_image():
