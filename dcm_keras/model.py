@@ -9,6 +9,8 @@
 The loss lives in `compute_loss` and the metrics in `compute_metrics`, so Keras's own `train_step`
 does the rest: gradient computation, mixed-precision loss scaling, tf.distribute reduction, XLA,
 and the JAX backend.
+The training `loss` is the whole objective; `val_loss` and `evaluate`'s `loss` are the deployable
+networks' loss, the mean final-head cross-entropy (see `compile` and `dcm_keras.monitoring`).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from keras import ops
 from dcm_keras import _keras_compat as compat
 from dcm_keras import connections as connections_lib
 from dcm_keras import losses as losses_lib
-from dcm_keras import validation
+from dcm_keras import monitoring, validation
 from dcm_keras.errors import UserError
 from dcm_keras.multi_worker import MultiWorkerFixes
 from dcm_keras.summary import print_summary
@@ -122,13 +124,10 @@ class DCM(MultiWorkerFixes, keras.Model):
         self._edge_weights = self._normalized_edge_weights(weights)
         self._head_weights = self._normalized_head_weights()
 
-        final_heads = [net[-1] for net in self.head_ids] if self.top5 else []
-        self._top5_heads = final_heads
-        self.dcm_metrics = DCMMetrics(
-            [_loss_mean(n) for n in ("ce_loss", "kd_loss", "wd_loss")]
-            + [keras.metrics.SparseCategoricalAccuracy(name=f"{h}_acc") for h in self.flat_heads]
-            + [keras.metrics.SparseTopKCategoricalAccuracy(k=5, name=f"{h}_top5")
-               for h in final_heads], name="dcm_metrics")
+        final_heads = [net[-1] for net in self.head_ids]
+        self._final_heads = np.array([self.flat_heads.index(h) for h in final_heads], np.int32)
+        self._top5_heads = final_heads if self.top5 else []
+        self.dcm_metrics = monitoring.dcm_metrics(self.flat_heads, self._top5_heads)
         # A variable rather than a Python float, so a callback can change it between epochs
         # without retracing the train function, on every backend.
         self.kd_scale = self.add_weight(shape=(), initializer="ones", trainable=False,
@@ -230,7 +229,13 @@ class DCM(MultiWorkerFixes, keras.Model):
         validation.check_label_values(y, self.num_classes, f"{what} labels")
 
     def compile(self, optimizer="rmsprop", loss=None, **kwargs):
-        """Like `keras.Model.compile`, without `loss`: DCM computes its own loss."""
+        """Like `keras.Model.compile`, without `loss`: DCM computes its own loss.
+
+        The training `loss` is the whole objective (ce_loss + kd_loss + wd_loss). The loss of
+        `evaluate` and `fit`'s `val_loss` is the deployable networks' loss: the mean over networks
+        of the final head's cross-entropy (no auxiliary heads, KL or weight decay), so default
+        `ModelCheckpoint`/`EarlyStopping` select by the shipped networks (`dcm_keras.monitoring`).
+        """
         if loss is not None:
             raise UserError("DCM computes its own loss; call compile() without `loss`. Use the "
                             "connections, temperature and kd_weight arguments of DCM instead.")
@@ -253,8 +258,9 @@ class DCM(MultiWorkerFixes, keras.Model):
         if y is None:
             raise validation.InputError("DCM needs labels: feed (images, labels) pairs.")
         validation.check_label_spec(y)  # static shape and dtype: trace time only
+        logits = self.stacked_logits(y_pred)
         ce, kd = losses_lib.dcm_loss(
-            self.stacked_logits(y_pred), y, self._students, self._teachers, self._edge_weights,
+            logits, y, self._students, self._teachers, self._edge_weights,
             temperature=self.temperature, kd_weight=self.kd_weight * self.kd_scale,
             head_weights=self._head_weights, sample_weight=sample_weight)
         regularization = self.losses
@@ -264,8 +270,11 @@ class DCM(MultiWorkerFixes, keras.Model):
         self.ce_tracker.update_state(ce, sample_weight=batch)
         self.kd_tracker.update_state(kd, sample_weight=batch)
         self.wd_tracker.update_state(wd, sample_weight=batch)
-        # Keras sums gradients over replicas, so each replica's share of the loss is 1/N.
-        return compat.scale_loss_for_distribution(ce + kd + wd)
+        # Validation reports the deployable networks' loss (see `compile`). Keras sums gradients
+        # over replicas, so each replica's share is 1/N (test_step unscales it for the tracker).
+        loss = (ce + kd + wd if training else
+                monitoring.deployable_loss(logits, y, self._final_heads, sample_weight))
+        return compat.scale_loss_for_distribution(loss)
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         for metric, head in zip(self.head_accuracies, self.flat_heads):
@@ -329,23 +338,6 @@ class DCM(MultiWorkerFixes, keras.Model):
         config = copy.deepcopy(config)
         config["networks"] = [keras.saving.deserialize_keras_object(n) for n in config["networks"]]
         return cls(**config)
-
-
-class DCMMetrics(compat.MetricsList):
-    """DCM's own metrics in the container Keras's monitoring callbacks search.
-
-    `ModelCheckpoint`, `EarlyStopping` and `ReduceLROnPlateau` with `mode="auto"` find a metric's
-    direction from its `_direction` ("up" on Keras's accuracy metrics, "down" on its loss-like
-    ones), but only for metrics inside a compiled-metrics container (`MetricsList`): a tracker held
-    directly by a model, the usual pattern for a custom `compute_loss`, is invisible to them.
-    """
-
-    def result(self):
-        return {m.name: m.result() for m in self.metrics}
-
-
-def _loss_mean(name: str) -> keras.metrics.Mean:
-    return compat.mark_lower_is_better(keras.metrics.Mean(name=name))
 
 
 class KDWarmup(keras.callbacks.Callback):

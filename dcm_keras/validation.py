@@ -42,17 +42,23 @@ def network_heads(network: keras.Model) -> List[str]:
     """
     if not isinstance(network, keras.Model):
         raise TypeError(f"Expected a keras.Model, got {type(network).__name__}.")
+    hint = ("dcm_keras.networks.attach_heads(model) turns a functional or Sequential classifier "
+            "into one, adding auxiliary heads.")
+    if isinstance(network, keras.Sequential):
+        raise UserError(f"Network {network.name!r} is a Sequential model, which returns one "
+                        f"tensor; DCM needs a dict of logits per head: {hint}")
     try:
         output = network.output
     except (AttributeError, ValueError):
         raise UserError(
             f"Network {network.name!r} is not a functional model: DCM needs a model built as "
-            "keras.Model(inputs, {'aux1': ..., 'logits': ...}) so its heads are known.") from None
+            "keras.Model(inputs, {'aux1': ..., 'logits': ...}) so its heads are known; "
+            f"{hint}") from None
     if not isinstance(output, dict) or FINAL_HEAD not in output:
         got = sorted(output) if isinstance(output, dict) else type(output).__name__
         raise UserError(
             f"Network {network.name!r} must return a dict of logits with a 'logits' entry "
-            f"(optionally 'aux1', 'aux2', ... before it); its output is {got}.")
+            f"(optionally 'aux1', 'aux2', ... before it); its output is {got}. {hint}")
     for key, tensor in output.items():
         if len(tensor.shape) != 2:
             raise UserError(f"Head {key!r} of network {network.name!r} must output logits of "

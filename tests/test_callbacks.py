@@ -64,3 +64,60 @@ def test_every_reported_metric_has_a_direction():
             callback.on_epoch_end(0, logs={monitor: 0.5})  # raises if no direction is found
             up = name.endswith(("_acc", "_top5"))
             assert bool(callback.monitor_op(1.0, 0.0)) == up, monitor
+
+
+# --- default callbacks select by the shipped networks ---------------------------------------
+
+CLASSES = 4
+# Per epoch: scale of the final heads' correct logits (their CE falls) and of the auxiliary
+# heads' wrong logits (their CE, the KL terms and so the whole objective rise).
+FINAL_SCALE = (1.0, 2.0, 3.0)
+AUX_SCALE = (0.0, 3.0, 6.0)
+
+
+def _onehot_net(name):
+    inputs = keras.Input((CLASSES,), name=f"{name}_in")
+    hidden = keras.layers.Dense(CLASSES, name=f"{name}_hidden")(inputs)
+    return keras.Model(inputs, {
+        "aux1": keras.layers.Dense(CLASSES, name=f"{name}_aux1")(hidden),
+        "logits": keras.layers.Dense(CLASSES, name=f"{name}_logits")(hidden)}, name=name)
+
+
+class _SetEpochWeights(keras.callbacks.Callback):
+    """Sets each epoch's weights before it (the learning rate is 0, so they stay)."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        eye = np.eye(CLASSES, dtype="float32")
+        for net in self.model.networks:
+            net.get_layer(f"{net.name}_hidden").kernel.assign(eye)
+            net.get_layer(f"{net.name}_logits").kernel.assign(FINAL_SCALE[epoch] * eye)
+            net.get_layer(f"{net.name}_aux1").kernel.assign(-AUX_SCALE[epoch] * eye)
+
+
+def test_default_checkpoint_and_early_stopping_follow_the_shipped_networks(tmp_path):
+    """The whole objective rises each epoch while the final heads' CE falls: default-argument
+    ModelCheckpoint(save_best_only=True) keeps the last epoch and EarlyStopping() lets it run;
+    the same checkpoint watching the whole objective (val_ce_loss) would keep the first."""
+    dcm = DCM([_onehot_net("a"), _onehot_net("b")])
+    dcm.compile(optimizer=keras.optimizers.SGD(0.0))
+    y = (np.arange(16) % CLASSES).astype("int32")
+    x = np.eye(CLASSES, dtype="float32")[y]
+    best = keras.callbacks.ModelCheckpoint(str(tmp_path / "best.keras"), save_best_only=True)
+    objective = keras.callbacks.ModelCheckpoint(str(tmp_path / "objective.keras"),
+                                                monitor="val_ce_loss", save_best_only=True)
+    stop = keras.callbacks.EarlyStopping()
+    history = dcm.fit(x, y, validation_data=(x, y), batch_size=8, epochs=len(FINAL_SCALE),
+                      verbose=0, callbacks=[_SetEpochWeights(), best, objective, stop]).history
+    assert len(history["val_loss"]) == len(FINAL_SCALE) and stop.stopped_epoch == 0
+    # val_loss is each network's final-head CE, log(1 + 3 e^-a), averaged over the networks.
+    expected = [np.log1p((CLASSES - 1) * np.exp(-a)) for a in FINAL_SCALE]
+    np.testing.assert_allclose(history["val_loss"], expected, rtol=1e-5)
+    objectives = [sum(history[f"val_{p}"][e] for p in ("ce_loss", "kd_loss", "wd_loss"))
+                  for e in range(len(FINAL_SCALE))]
+    assert objectives[0] < objectives[1] < objectives[2], objectives
+    assert best.best == pytest.approx(expected[-1], rel=1e-5)
+    for path, epoch in (("best.keras", -1), ("objective.keras", 0)):
+        kept = keras.saving.load_model(str(tmp_path / path))
+        kernel = kept.networks[0].get_layer("a_logits").kernel
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(kernel),
+                                   FINAL_SCALE[epoch] * np.eye(CLASSES), err_msg=path)

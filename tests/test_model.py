@@ -18,7 +18,7 @@ IMAGE = (8, 8, 3)
 
 # --- helpers -------------------------------------------------------------------------------
 
-def tiny_net(name, classes=10, heads=("aux1",), bn=False, features=6):
+def tiny_net(name, classes=10, heads=("aux1",), bn=False, features=6, regularizer=None):
     """A small functional network on flat features, returning {heads..., "logits"}."""
     inputs = keras.Input((features,), name=f"{name}_in")
     x = keras.layers.Dense(8, name=f"{name}_hidden")(inputs)
@@ -26,7 +26,8 @@ def tiny_net(name, classes=10, heads=("aux1",), bn=False, features=6):
         x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
     x = keras.layers.ReLU(name=f"{name}_relu")(x)
     out = {h: keras.layers.Dense(classes, name=f"{name}_{h}")(x) for h in heads}
-    out["logits"] = keras.layers.Dense(classes, name=f"{name}_logits")(x)
+    out["logits"] = keras.layers.Dense(classes, name=f"{name}_logits",
+                                       kernel_regularizer=regularizer)(x)
     return keras.Model(inputs, out, name=name)
 
 
@@ -128,7 +129,37 @@ def test_metrics_with_100_classes_match_numpy():
     assert result["ce_loss"] == pytest.approx(ce, rel=1e-5)
     assert result["kd_loss"] == pytest.approx(kd, rel=1e-5)
     assert result["wd_loss"] == 0.0
-    assert result["loss"] == pytest.approx(ce + kd, rel=1e-5)
+    # evaluate's loss is the deployable networks' loss: the mean of the final heads' CE.
+    final = [np.mean(-np_log_softmax(pred[h])[np.arange(len(y)), y])
+             for h in ("net1_logits", "net2_logits")]
+    assert result["loss"] == pytest.approx(np.mean(final), rel=1e-5)
+    assert result["loss"] < ce + kd
+
+
+def test_evaluate_loss_is_the_mean_final_head_cross_entropy():
+    """No aux heads, KL or weight decay in evaluate's loss; sample weights as Keras applies them
+    (sum of weighted per-example losses over the batch size); training loss stays the objective."""
+    keras.utils.set_random_seed(3)
+    # Weight decay on the final heads: counted in wd_loss, not in the loss.
+    nets = [tiny_net(n, 5, heads=("aux1", "aux2"), regularizer=keras.regularizers.L2(0.1))
+            for n in ("a", "b", "c")]
+    dcm = DCM(nets, temperature=2.0)
+    dcm.compile(optimizer="sgd")
+    x, y = features(24, classes=5, seed=4)
+    w = np.linspace(0.0, 2.0, len(y)).astype("float32")
+    pred = to_numpy(dcm(x, training=False))
+    nll = {h: -np_log_softmax(pred[h])[np.arange(len(y)), y] for h in pred}
+    finals = ("net1_logits", "net2_logits", "net3_logits")
+    logs = dcm.evaluate(x, y, batch_size=len(y), verbose=0, return_dict=True)
+    assert logs["wd_loss"] > 0 and logs["kd_loss"] > 0
+    assert logs["loss"] == pytest.approx(np.mean([nll[h].mean() for h in finals]), rel=1e-5)
+    weighted = dcm.evaluate(x, y, sample_weight=w, batch_size=len(y), verbose=0,
+                            return_dict=True)
+    assert weighted["loss"] == pytest.approx(
+        np.mean([np.mean(w * nll[h]) for h in finals]), rel=1e-5)
+    trained = dcm.train_on_batch(x, y, return_dict=True)  # the step's loss before its update
+    assert trained["loss"] == pytest.approx(
+        trained["ce_loss"] + trained["kd_loss"] + trained["wd_loss"], rel=1e-5)
 
 
 def test_no_top5_below_100_classes_unless_asked():
@@ -289,6 +320,20 @@ def test_network_without_logits_output():
     plain = keras.Model(inputs, keras.layers.Dense(10)(inputs), name="plain")
     with pytest.raises(ValueError, match="'plain' must return a dict of logits"):
         DCM([plain])
+
+
+def test_sequential_network_is_pointed_to_attach_heads():
+    def sequential(name):
+        return keras.Sequential([keras.Input(IMAGE), keras.layers.Conv2D(4, 3, name="c1"),
+                                 keras.layers.Conv2D(4, 3, name="c2"),
+                                 keras.layers.GlobalAveragePooling2D(name="pool"),
+                                 keras.layers.Dense(10, name="fc")], name=name)
+
+    with pytest.raises(ValueError, match="'s1' is a Sequential model.*"
+                                         "dcm_keras.networks.attach_heads"):
+        DCM([sequential("s1"), sequential("s2")])
+    dcm = DCM([networks.attach_heads(sequential(n), ["c1"]) for n in ("s1", "s2")])  # as told
+    assert dcm.flat_heads == ["net1_aux1", "net1_logits", "net2_aux1", "net2_logits"]
 
 
 def test_networks_must_agree_on_classes_and_inputs():
