@@ -7,9 +7,11 @@ from __future__ import annotations
 import os
 import tempfile
 import zipfile
+from typing import Optional
 
 import keras
 
+from dcm_keras import archives
 # Importing these registers DCM and the network classes with Keras, which `load_network` needs.
 from dcm_keras._keras_compat import Functional
 from dcm_keras.errors import UserError
@@ -73,8 +75,13 @@ def save_network(model: keras.Model, path: str, overwrite: bool = False) -> str:
         raise FileExistsError(f"{path} already exists; refusing to overwrite it (pass "
                               "overwrite=True to replace it).")
     directory, base = os.path.split(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{base[:-len('.keras')]}.", suffix=".tmp.keras",
-                               dir=directory)
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"Cannot save {path}: there is no folder {directory}.")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{base[:-len('.keras')]}.", suffix=".tmp.keras",
+                                   dir=directory)
+    except OSError as error:  # e.g. a read-only folder: name the user's path, not the temporary
+        raise type(error)(error.errno, f"Cannot save {path}: {error.strerror}") from None
     os.close(fd)
     try:
         stock_layers(model).save(tmp, overwrite=True)
@@ -87,8 +94,14 @@ def save_network(model: keras.Model, path: str, overwrite: bool = False) -> str:
     return path
 
 
-def load_network(path: str) -> keras.Model:
-    """Loads a `.keras` file with `safe_mode=True`, with a clear error for a bad file."""
+def load_network(path: str, *, max_expanded_bytes: Optional[int] = None) -> keras.Model:
+    """Loads a `.keras` file with `safe_mode=True`, with a clear error for a bad file.
+
+    Before reading anything, the file's members are checked against caps on their decompressed
+    sizes and config.json against a nesting limit (`dcm_keras.archives`): a small file that
+    would expand to gigabytes is refused at once. `max_expanded_bytes` replaces the cap on the
+    members together (default: `archives.expanded_cap`, at least 256 MiB and 20 x the file).
+    """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"No model file at {path}.")
@@ -97,16 +110,22 @@ def load_network(path: str) -> keras.Model:
                         "foreign).")
     try:
         with zipfile.ZipFile(path) as archive:
-            names = set(archive.namelist())
+            members = archive.infolist()
+            archives.check_sizes(path, members, os.path.getsize(path), max_expanded_bytes)
+            names = {info.filename for info in members}
             bad = archive.testzip()
+            config = archive.read("config.json") if bad is None and "config.json" in names else b""
     except (zipfile.BadZipFile, OSError, EOFError) as error:
         raise UserError(f"{path} is a corrupt .keras file: {error}.") from None
     if bad is not None:
         raise UserError(f"{path} is a corrupt .keras file: member {bad} fails its CRC check.")
     if "config.json" not in names:
         raise UserError(f"{path} is not a .keras model file (no config.json inside).")
+    archives.check_config_depth(path, config)
     try:
         model = keras.saving.load_model(path, safe_mode=True)
+    except RecursionError:  # nesting within the limit that Keras's deserialiser still refuses
+        raise UserError(f"{path}: config.json nests too deeply to load.") from None
     except ValueError as error:  # e.g. safe_mode refusing a Lambda layer: Keras's words suffice
         raise UserError(f"{path} cannot be loaded: {error}") from None
     except (TypeError, KeyError, AttributeError, IndexError, OSError) as error:

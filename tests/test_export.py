@@ -119,6 +119,14 @@ def test_save_network_replaces_a_link_and_leaves_no_temporary(dcm, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["net1.keras", "victim.txt"]
 
 
+def test_save_network_to_a_missing_folder_names_the_users_path(dcm, tmp_path):
+    path = tmp_path / "no" / "such" / "net1.keras"
+    with pytest.raises(FileNotFoundError) as caught:
+        dcm_keras.save_network(dcm.export_network(0), str(path))
+    assert str(caught.value) == f"Cannot save {path}: there is no folder {path.parent}."
+    assert ".tmp" not in str(caught.value) and not (tmp_path / "no").exists()
+
+
 def test_load_network_rejects_bad_files(dcm, tmp_path):
     good = str(tmp_path / "good.keras")
     dcm_keras.save_network(dcm.export_network(0), good)
