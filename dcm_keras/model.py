@@ -186,12 +186,15 @@ class DCM(MultiWorkerFixes, keras.Model):
         """`keras.Model.fit`, adding the `KDWarmup` callback when `kd_warmup_epochs > 0`.
 
         Also refuses data it can check cheaply (see `dcm_keras.validation`): in-memory labels
-        outside `[0, num_classes)`, and training data that are empty.
+        outside `[0, num_classes)`, and training data that are empty. A `tf.data.Dataset` (which
+        shuffles itself, as `data.load`'s do) is fitted with `shuffle=False` unless told otherwise.
         """
         self._check_data(x, y, "training")
         validation_data = kwargs.get("validation_data")
         if isinstance(validation_data, (tuple, list)) and len(validation_data) >= 2:
             self._check_data(validation_data[0], validation_data[1], "validation")
+        if "shuffle" not in kwargs and validation.is_tf_dataset(x):
+            kwargs["shuffle"] = False  # it shuffles itself; Keras warns that True is ignored
         callbacks = list(callbacks or [])
         if self.kd_warmup_epochs and not any(isinstance(c, KDWarmup) for c in callbacks):
             callbacks.append(KDWarmup())

@@ -116,6 +116,12 @@ def check_label_values(labels, num_classes: int, what: str = "labels") -> None:
                          f"{what}[{i}] = {y[i].item()}).")
 
 
+def is_tf_dataset(x) -> bool:
+    """Whether `x` is a `tf.data.Dataset` (checked without importing TensorFlow)."""
+    return callable(getattr(x, "cardinality", None)) and hasattr(x, "element_spec") and (
+        type(x).__module__.startswith("tensorflow"))
+
+
 def check_not_empty(x, what: str) -> None:
     """Refuses in-memory data with no example and a `tf.data.Dataset` known to be empty."""
     array = _in_memory(x)

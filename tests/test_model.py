@@ -81,6 +81,22 @@ def test_fit_lowers_loss_and_every_head_learns():
         assert history["loss"][epoch] == pytest.approx(parts, rel=1e-5)
 
 
+def test_fit_on_a_dataset_does_not_warn_about_shuffle():
+    """Keras warns on every fit of a tf.data.Dataset with its default shuffle=True; a dataset
+    shuffles itself, so DCM.fit passes shuffle=False unless shuffle is given."""
+    tf = pytest.importorskip("tensorflow")
+    x, y = features(16)
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+    dcm = DCM([tiny_net("a"), tiny_net("b")])
+    dcm.compile(optimizer="sgd")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dcm.fit(ds, epochs=1, verbose=0)
+    assert not [w for w in caught if "shuffle" in str(w.message)]
+    with pytest.warns(UserWarning, match="`shuffle=True` was passed, but will be ignored"):
+        dcm.fit(ds, epochs=1, verbose=0, shuffle=True)  # asked for: Keras still says so
+
+
 def test_call_returns_every_head_of_every_network():
     nets = [tiny_net("a", heads=("aux1", "aux2")), tiny_net("b", heads=())]
     dcm = DCM(nets)
