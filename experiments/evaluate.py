@@ -1,7 +1,12 @@
 r"""Top-1 / top-5 error of an exported network (a `.keras` file written by `experiments.train`).
 
-    python -m experiments.evaluate --model=runs/dcm/net1.keras --dataset=cifar100 [--split=test] \
-        [--output=net1_eval.json]
+    python -m experiments.evaluate --model=runs/dcm/net1.keras [--dataset=cifar100] \
+        [--split=test] [--output=net1_eval.json]
+
+Without `--dataset`, the dataset (and its `--data_dir` and `--image_size`, unless given) is the one
+the run beside the file was trained on, as its flags.json (or results.json) records it; without a
+run record, the registered dataset whose input contract (normalisation, image shape, classes) the
+network carries.
 
 The model is loaded with `safe_mode=True`. It is a deployable network mapping images to logits, or
 a whole `DCM` (e.g. what `keras.callbacks.ModelCheckpoint` saved), whose networks are each
@@ -16,7 +21,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from absl import app, flags
 
@@ -24,8 +29,10 @@ from experiments import common
 from experiments.common import UserError
 
 flags.DEFINE_string("model", None, "Path of a .keras network (e.g. runs/x/net1.keras).")
-flags.DEFINE_string("dataset", "cifar100",
-                    "cifar10, cifar100, fashion_mnist, imagenet2012 or image_folder:PATH.")
+flags.DEFINE_string("dataset", None,
+                    "cifar10, cifar100, fashion_mnist, imagenet2012 or image_folder:PATH. Default: "
+                    "the dataset of the run the model is in (its flags.json or results.json), "
+                    "else the one matching the network's input contract.")
 flags.DEFINE_enum("split", "test", ["test", "train"], "Split to evaluate on.")
 flags.DEFINE_string("data_dir", None, "Dataset location (tfds data_dir or an IDX folder).")
 flags.DEFINE_integer("image_size", None, "Input size for imagenet2012 and image folders.",
@@ -39,21 +46,68 @@ flags.mark_flag_as_required("model")
 FLAGS = flags.FLAGS
 
 
-def evaluate(model_path: str, dataset: str, split: str = "test", data_dir: Optional[str] = None,
-             image_size: Optional[int] = None, batch_size: int = 256,
-             max_examples: Optional[int] = None) -> Dict[str, object]:
+def run_dataset(model_path: str) -> Optional[Tuple[str, Optional[str], Optional[int], str]]:
+    """`(dataset, data_dir, image_size, record)` of the run `model_path` lies in, from its
+    flags.json or results.json (`record`), or None when neither names a dataset."""
+    directory = os.path.dirname(os.path.abspath(model_path))
+    for name in (common.FLAGS_FILE, common.RESULTS_FILE):
+        record = common.read_json(os.path.join(directory, name)) or {}
+        run_flags = record.get("flags", record) if name == common.RESULTS_FILE else record
+        if isinstance(run_flags, dict) and isinstance(run_flags.get("dataset"), str):
+            return (run_flags["dataset"], run_flags.get("data_dir"), run_flags.get("image_size"),
+                    os.path.join(directory, name))
+    return None
+
+
+def contract_dataset(contract: Optional[dict], classes: int, model_path: str) -> str:
+    """The one registered fixed dataset whose normalisation, image shape and class count match a
+    network's input contract; UserError when none or several do."""
+    from dcm_keras import data
+
+    found = []
+    for name, spec in data.REGISTRY.items():
+        if contract is None or spec.resizable or contract["class_names"]:
+            continue
+        if (list(spec.image_shape) == list(contract["image_shape"])
+                and spec.num_classes == classes
+                and all(abs(a - b) < 1e-5 for a, b in zip(spec.mean + spec.std,
+                                                          contract["mean"] + contract["std"]))):
+            found.append(name)
+    if len(found) != 1:
+        why = ("carries no input contract" if contract is None
+               else "fits several datasets" if found else "fits no built-in dataset")
+        raise UserError(f"{model_path} {why} and no flags.json or results.json beside it names "
+                        "its run's dataset: give --dataset.")
+    return found[0]
+
+
+def evaluate(model_path: str, dataset: Optional[str] = None, split: str = "test",
+             data_dir: Optional[str] = None, image_size: Optional[int] = None,
+             batch_size: int = 256, max_examples: Optional[int] = None) -> Dict[str, object]:
     """Top-1 and top-5 error (%) of the network in `model_path` on a dataset split.
 
-    Top-5 error is None when there are 5 classes or fewer (it would be 0 by construction).
-    Raises UserError (a ValueError) when the network does not fit the dataset.
+    `dataset=None` takes the run's dataset (`run_dataset`), else the one the network's input
+    contract matches (`contract_dataset`). Top-5 error is None when there are 5 classes or fewer
+    (it would be 0 by construction). Raises UserError (a ValueError) when the network does not
+    fit the dataset.
     """
     import tensorflow as tf
 
     from dcm_keras import DCM, data, input_contract, load_network
 
+    dataset_from, run = "--dataset", run_dataset(model_path) if dataset is None else None
+    if run is not None:
+        dataset, run_data_dir, run_image_size, dataset_from = run
+        data_dir = data_dir if data_dir is not None else run_data_dir
+        image_size = image_size if image_size is not None else run_image_size
     common.check_data_dir(data_dir)
     model = load_network(model_path)
     contract = input_contract(model)
+    if dataset is None:
+        classes = (model.num_classes if isinstance(model, DCM)
+                   else int(getattr(model.output, "shape", (0,))[-1] or 0))
+        dataset = contract_dataset(contract, classes, model_path)
+        dataset_from = "the network's input contract"
     if image_size is None and contract is not None and dataset.startswith("image_folder"):
         image_size = contract["image_shape"][0]  # the size the network was trained at
     info = data.get_info(dataset, data_dir=data_dir, image_size=image_size)
@@ -77,11 +131,16 @@ def evaluate(model_path: str, dataset: str, split: str = "test", data_dir: Optio
         if contracts[name] is not None:  # raw pixels in; what it normalises is the network's shape
             input_shape = tuple(contracts[name]["image_shape"])
         if input_shape != tuple(info.image_shape):
-            raise UserError(f"{model_path} takes images of shape {input_shape}, {dataset} gives "
-                            f"{tuple(info.image_shape)} (set --image_size?).")
+            resizable = data.REGISTRY[dataset.split(":")[0]].resizable
+            hint = (f"--image_size={input_shape[0]} makes it give that" if resizable and
+                    input_shape[0] == input_shape[1] and input_shape[2] == info.image_shape[2]
+                    else "give --dataset the dataset it was trained on")
+            raise UserError(f"{model_path} takes images of shape {input_shape}, {dataset} (from "
+                            f"{dataset_from}) gives {tuple(info.image_shape)}: {hint}.")
         if classes != info.num_classes:
-            raise UserError(f"{model_path} predicts {classes} classes, {dataset} has "
-                            f"{info.num_classes}.")
+            raise UserError(f"{model_path} predicts {classes} classes, {dataset} (from "
+                            f"{dataset_from}) has {info.num_classes}: give --dataset the dataset "
+                            "it was trained on.")
     ds = data.load(dataset, split, batch_size=batch_size, training=False, data_dir=data_dir,
                    max_examples=max_examples, image_size=image_size)
     classes = info.num_classes
@@ -118,8 +177,8 @@ def evaluate(model_path: str, dataset: str, split: str = "test", data_dir: Optio
         "top1_error": 100.0 * (1 - correct[name][0] / total),
         "top5_error": 100.0 * (1 - correct[name][1] / total) if classes > 5 else None,
         "params": int(net.count_params())} for name, net in named.items()}
-    result = {"model": os.path.abspath(model_path), "dataset": dataset, "split": split,
-              "examples": total}
+    result = {"model": os.path.abspath(model_path), "dataset": dataset,
+              "dataset_from": dataset_from, "split": split, "examples": total}
     if isinstance(model, DCM):
         result["networks"] = scores
     else:
@@ -143,7 +202,7 @@ def main(argv: List[str]) -> None:
     for name, score in result.get("networks", {"": result}).items():
         top5 = ("" if score["top5_error"] is None
                 else f", top-5 error {score['top5_error']:.2f}%")
-        print(f"{FLAGS.model}{' ' + name if name else ''} on {FLAGS.dataset} {FLAGS.split} "
+        print(f"{FLAGS.model}{' ' + name if name else ''} on {result['dataset']} {FLAGS.split} "
               f"({result['examples']} images): top-1 error {score['top1_error']:.2f}%{top5}",
               flush=True)
     if FLAGS.output:

@@ -64,3 +64,73 @@ def test_bf16_run_ships_a_float32_raw_pixel_network(tmp_path):
     evaluated = json.loads((tmp_path / "eval.json").read_text())
     assert evaluated["input"] == "pixels"
     assert evaluated["top1_error"] == pytest.approx(shipped["error"], abs=1e-9)
+
+
+# --- evaluate.py without --dataset ---------------------------------------------------------
+
+def _shipped(directory, dataset, record=None):
+    """A small untrained network exported for `dataset` (raw pixels in) as directory/net1.keras,
+    with `record` written beside it as flags.json."""
+    from dcm_keras import data, export_network, networks, save_network
+
+    directory.mkdir()
+    info = data.get_info(dataset)
+    net = networks.build("wrn_10_1", info.num_classes, input_shape=info.image_shape)
+    path = directory / "net1.keras"
+    save_network(export_network(net, preprocessing=info), str(path))
+    if record is not None:
+        (directory / "flags.json").write_text(json.dumps(record))
+    return path
+
+
+def test_evaluate_takes_the_dataset_from_the_run_record(tmp_path):
+    from experiments import evaluate
+
+    assert evaluate.run_dataset(str(tmp_path / "net1.keras")) is None
+    (tmp_path / "results.json").write_text(json.dumps(
+        {"flags": {"dataset": "cifar10", "data_dir": "/d", "image_size": None}}))
+    assert evaluate.run_dataset(str(tmp_path / "net1.keras")) == (
+        "cifar10", "/d", None, str(tmp_path / "results.json"))
+    (tmp_path / "flags.json").write_text(json.dumps({"dataset": "image_folder:/x",
+                                                     "image_size": 16}))
+    assert evaluate.run_dataset(str(tmp_path / "net1.keras")) == (
+        "image_folder:/x", None, 16, str(tmp_path / "flags.json"))
+
+
+def test_evaluate_takes_the_dataset_from_the_input_contract():
+    from dcm_keras import data, shipping
+    from experiments import evaluate
+    from experiments.common import UserError
+
+    for name in ("cifar10", "cifar100", "fashion_mnist"):
+        info = data.get_info(name)
+        assert evaluate.contract_dataset(shipping.describe(info), info.num_classes, "m") == name
+    with pytest.raises(UserError, match="m carries no input contract .* give --dataset"):
+        evaluate.contract_dataset(None, 10, "m")
+    cifar = shipping.describe(data.get_info("cifar10"))
+    with pytest.raises(UserError, match="fits no built-in dataset"):
+        evaluate.contract_dataset(cifar, 7, "m")
+
+
+@pytest.mark.skipif(not os.path.exists(f"{FASHION_MNIST}/t10k-images-idx3-ubyte.gz"),
+                    reason="dataset-fashion-mnist not installed")
+def test_evaluate_without_dataset_on_a_shipped_network(tmp_path):
+    from experiments import evaluate
+    from experiments.common import UserError
+
+    bare = _shipped(tmp_path / "bare", "fashion_mnist")
+    result = evaluate.evaluate(str(bare), max_examples=50)
+    assert result["dataset"] == "fashion_mnist" and result["examples"] == 50
+    assert result["dataset_from"] == "the network's input contract"
+
+    in_run = _shipped(tmp_path / "run", "fashion_mnist", record={"dataset": "fashion_mnist"})
+    result = evaluate.evaluate(str(in_run), max_examples=50)
+    assert result["dataset"] == "fashion_mnist"
+    assert result["dataset_from"] == str(tmp_path / "run" / "flags.json")
+
+    # The record names another dataset: say where that came from, and what to do.
+    wrong = _shipped(tmp_path / "other", "cifar10", record={"dataset": "fashion_mnist"})
+    with pytest.raises(UserError, match=r"takes images of shape \(32, 32, 3\), fashion_mnist "
+                                        r"\(from .*flags.json\) gives \(28, 28, 1\): give "
+                                        "--dataset the dataset it was trained on"):
+        evaluate.evaluate(str(wrong), max_examples=50)
