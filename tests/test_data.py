@@ -266,6 +266,29 @@ def test_image_folder_empty_class(tmp_path):
         data.get_info(f"image_folder:{root}")
 
 
+def test_image_folder_counts_and_names_the_files_it_leaves_out(tmp_path):
+    root = _make_folder(tmp_path / "f")
+    for k in range(2):
+        (root / "train" / "apple" / f"photo{k}.webp").write_bytes(b"RIFF....WEBP")
+    (root / "test" / "kiwi" / "README").write_text("notes")
+    (root / "test" / "kiwi" / ".DS_Store").write_bytes(b"\0")  # hidden: left out silently
+    with pytest.warns(UserWarning) as caught:
+        info = data.get_info(f"image_folder:{root}")
+    assert (info.num_train, info.num_test) == (9, 6)  # the images only
+    message = str(caught[0].message)
+    assert (f"{root} has 3 file(s) in its class folders that are not "
+            ".jpg/.jpeg/.png/.bmp/.gif images (2 .webp, 1 no extension; e.g. "
+            f"{root / 'train' / 'apple' / 'photo0.webp'}); they are left out") in message
+
+    only_webp = root / "train" / "kiwi"
+    for image in only_webp.iterdir():
+        image.unlink()
+    (only_webp / "a.webp").write_bytes(b"RIFF....WEBP")
+    with pytest.raises(ValueError, match=r"kiwi holds no images \(.*\); it holds 1 other "
+                                         r"file\(s\), e.g. .*a\.webp"):
+        data.get_info(f"image_folder:{root}")
+
+
 def test_image_folder_class_mismatch(tmp_path):
     root = _make_folder(tmp_path / "f")
     _write_image(root / "test" / "banana" / "b.png", np.zeros((4, 4, 3), np.uint8))

@@ -2,12 +2,16 @@
 
 JPEG and PNG (also BMP and GIF) files are decoded, converted to RGB and resized once, when the
 dataset is built; a file that fails is reported by name. The images are then held in memory.
+Other files in the class folders (a `.webp` image, notes) are left out with a warning that counts
+them by extension and names one; hidden files (".DS_Store") are left out silently.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import os
+import warnings
 
 import numpy as np
 
@@ -36,8 +40,10 @@ def _check_link(path: str, root: str) -> None:
         raise UserError(f"image_folder: {path} is a symlink pointing outside {root}; refusing it.")
 
 
-def _list_images(directory: str, root: str, seen: set) -> list[str]:
-    """Image files under `directory`, recursively, sorted; symlinks must stay inside `root`."""
+def _list_images(directory: str, root: str, seen: set, skipped: list) -> list[str]:
+    """Image files under `directory`, recursively, sorted; symlinks must stay inside `root`.
+
+    Other files are appended to `skipped`."""
     real = os.path.realpath(directory)
     if real in seen:  # a symlink loop inside the tree
         return []
@@ -48,12 +54,25 @@ def _list_images(directory: str, root: str, seen: set) -> list[str]:
             continue
         _check_link(entry.path, root)
         if entry.is_dir():
-            files.extend(_list_images(entry.path, root, seen))
+            files.extend(_list_images(entry.path, root, seen, skipped))
         elif entry.name.lower().endswith(IMAGE_EXTENSIONS):
             if not entry.is_file():
                 raise UserError(f"image_folder: {entry.path} is not a readable file.")
             files.append(entry.path)
+        else:
+            skipped.append(entry.path)
     return files
+
+
+def _warn_skipped(path: str, skipped: list[str]) -> None:
+    if not skipped:
+        return
+    kinds = collections.Counter(os.path.splitext(f)[1].lower() or "no extension" for f in skipped)
+    counts = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items(), key=lambda kv: -kv[1]))
+    warnings.warn(f"image_folder: {path} has {len(skipped)} file(s) in its class folders that "
+                  f"are not {'/'.join(IMAGE_EXTENSIONS)} images ({counts}; e.g. {skipped[0]}); "
+                  "they are left out of the dataset. Convert them or move them out to silence "
+                  "this.", UserWarning, stacklevel=2)
 
 
 def scan_image_folder(path: str) -> tuple[list[str], dict[str, list[tuple[str, int]]]]:
@@ -90,16 +109,20 @@ def scan_image_folder(path: str) -> tuple[list[str], dict[str, list[tuple[str, i
         extra = sorted(set(test_classes) - set(classes))
         raise UserError(f"image_folder: test/ classes differ from train/ (missing in test: "
                         f"{missing}, not in train: {extra}).")
-    examples = {}
+    examples, skipped = {}, []
     for split, dirs in (("train", train_classes), ("test", test_classes)):
         pairs = []
         for label, cls in enumerate(classes):
-            files = _list_images(dirs[cls], root, set())
+            before = len(skipped)
+            files = _list_images(dirs[cls], root, set(), skipped)
             if not files:
+                others = (f"; it holds {len(skipped) - before} other file(s), e.g. "
+                          f"{skipped[before]}" if len(skipped) > before else "")
                 raise UserError(f"image_folder: class folder {dirs[cls]} holds no images "
-                                f"({'/'.join(IMAGE_EXTENSIONS)}).")
+                                f"({'/'.join(IMAGE_EXTENSIONS)}){others}.")
             pairs.extend((f, label) for f in files)
         examples[split] = pairs
+    _warn_skipped(path, skipped)
     return classes, examples
 
 
