@@ -24,6 +24,7 @@ under the table and a `"description"` of its own (not recorded with the results)
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import statistics
@@ -37,6 +38,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from absl import app, flags
 
 from experiments import common
+from experiments import run_dir as run_folder
 from experiments.common import UserError
 from experiments.config import OPERATIONAL_FLAGS, RUN_FLAGS
 
@@ -79,6 +81,8 @@ flags.DEFINE_bool("no_train", False, "Train nothing: tabulate only the runs alre
 FLAGS = flags.FLAGS
 
 
+# The keys a comparison config may have.
+CONFIG_KEYS = ("name", "description", "note", "rows", "methods", "seeds", "train_flags")
 # What compare.py sets for each run; a config may set only the other run flags of train.py
 # (an allow-list: `flagfile`, say, could otherwise point a run at another --model_dir).
 PER_RUN = ("method", "nets", "seed", "model_dir", "overwrite")
@@ -93,11 +97,16 @@ def load_config(preset: str, config_path: Optional[str], methods: Optional[Seque
     config = common.read_json(path)
     if config is None:
         raise UserError(f"--config {path} is missing or not a JSON object.")
+    unknown_keys = sorted(set(config) - set(CONFIG_KEYS))
+    if unknown_keys:  # a typo ("train_flag") would otherwise run the defaults silently
+        raise UserError(f"The comparison config {path} has unknown key(s) "
+                        f"{', '.join(map(repr, unknown_keys))}; valid: {', '.join(CONFIG_KEYS)}.")
     config.setdefault("name", os.path.splitext(os.path.basename(path))[0])
     config.pop("description", None)
     for key in ("rows", "methods", "seeds"):
-        if not config.get(key):
-            raise UserError(f"The comparison config needs a non-empty {key!r} list.")
+        if not isinstance(config.get(key), list) or not config[key]:
+            raise UserError(f"The comparison config needs a non-empty {key!r} list, got "
+                            f"{json.dumps(config.get(key))}.")
     config.setdefault("train_flags", {})
     if methods:
         config["methods"] = list(methods)
@@ -124,8 +133,9 @@ def load_config(preset: str, config_path: Optional[str], methods: Optional[Seque
         if key not in TRAIN_FLAGS:
             raise UserError(f"train_flags may not set {key!r}: it is not a run flag of "
                             f"experiments.train. Valid: {', '.join(TRAIN_FLAGS)}.")
-    if not all(isinstance(s, int) and not isinstance(s, bool) for s in config["seeds"]):
-        raise UserError(f"Seeds must be integers, got {config['seeds']!r}.")
+    if not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**32
+               for s in config["seeds"]):
+        raise UserError(f"Seeds must be integers from 0 to 2**32 - 1, got {config['seeds']!r}.")
     # They become folder names under --work_dir: nothing may lead out of it.
     common.check_name(config["name"], "The comparison name")
     for nets in config["rows"]:
@@ -133,6 +143,14 @@ def load_config(preset: str, config_path: Optional[str], methods: Optional[Seque
             raise UserError(f"Each row must be a non-empty list of networks, got {nets!r}.")
         for net in nets:
             common.check_name(net, "Network name")
+    # Two runs with the same row, method and seed would share one run folder.
+    keys = [("/".join(nets), method, seed) for nets in config["rows"]
+            for method in config["methods"] for seed in config["seeds"]]
+    twice = sorted({key for key in keys if keys.count(key) > 1})
+    if twice:
+        raise UserError("The comparison lists the same run more than once ("
+                        + "; ".join(f"{n} {m} seed {s}" for n, m, s in twice)
+                        + "): rows, methods and seeds must not repeat.")
     return config
 
 
@@ -174,8 +192,6 @@ def run_one(directory: str, train_flags: Dict[str, object], shared: bool = False
 
     `shared`: other runs may be training at the same time (`--jobs` > 1).
     """
-    os.makedirs(directory, exist_ok=True)
-    common.check_no_symlinks(directory, "train.log")
     argv = [sys.executable, "-m", "experiments.train", f"--model_dir={directory}"]
     argv += [f"--{k}={_flag_text(v)}" for k, v in train_flags.items() if v is not None]
     repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -186,10 +202,8 @@ def run_one(directory: str, train_flags: Dict[str, object], shared: bool = False
         # TensorFlow otherwise reserves nearly all GPU memory for the first run, and the runs
         # started beside it fail to allocate theirs.
         env.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
-    # O_NOFOLLOW: a link planted at train.log since the check above is refused, not followed.
-    fd = os.open(os.path.join(directory, "train.log"),
-                 os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-    with os.fdopen(fd, "a") as log:
+    # A link planted at train.log is refused, not followed (run_folder.open_log).
+    with run_folder.open_log(directory, "train.log") as log:
         log.write(f"$ {shlex.join(argv)}\n")  # pastable: the nets hold ':' and paths spaces
         log.flush()
         with _live_lock:
@@ -208,7 +222,7 @@ def run_one(directory: str, train_flags: Dict[str, object], shared: bool = False
                 _live.discard(proc)
     if code != 0:
         return None
-    return common.completed_results(directory)
+    return run_folder.completed_results(directory)
 
 
 def _last_error_line(directory: str) -> str:
@@ -328,7 +342,10 @@ def summarize(config: dict, results: Dict[tuple, dict]) -> List[dict]:
                 "test_error": errors, "train_accuracy": train_acc,
                 "epoch_train_seconds": epoch_time,
                 "time_vs_baseline": epoch_time / base_time if epoch_time and base_time else None,
-                "wall_time_s": statistics.fmean(r["wall_time_s"] for r in runs),
+                # None when a run's history.csv was incomplete (its results.json says so).
+                "wall_time_s": (statistics.fmean(r["wall_time_s"] for r in runs)
+                                if all(r.get("wall_time_s") is not None for r in runs)
+                                else None),
             })
     return rows
 
@@ -491,7 +508,7 @@ def compare(config: dict, work_dir: str, jobs: int = 1, no_train: bool = False) 
         train_flags = {"method": method, "nets": list(nets), "seed": seed,
                        **config["train_flags"]}
         label = f"[{i}/{len(keys)}] {'/'.join(nets)} {method} seed {seed}"
-        done = common.completed_results(directory)
+        done = run_folder.completed_results(directory)
         if done is None:
             if no_train:
                 missing.append(directory)

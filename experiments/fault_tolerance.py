@@ -18,8 +18,11 @@ place; neither write is atomic and nothing ties the two together. A SIGKILL
 through a temporary file that is fsynced and then renamed) and only then *commits* it by
 atomically replacing `training_metadata.json`, which names that weights file. The metadata file is
 the single commit point: wherever a kill lands, the directory holds the last committed checkpoint,
-complete, and whatever else is there (a partial temporary file, the uncommitted weights of the
-next epoch) is ignored and removed by the next save. It can back up only every Nth epoch (and
+complete, and whatever else the run wrote there (a partial temporary file, the uncommitted
+weights of the next epoch) is ignored and removed by the next save; files of the user's stay (the
+run's manifest says which are its own: experiments/run_dir.py). The metadata also records the
+weights file's size and SHA-256 and the run's flags, and a checkpoint that disagrees with them,
+or claims an epoch the run does not have, is refused (`check_metadata`). It can back up only every Nth epoch (and
 always the last one; Keras's `save_freq` counts batches, not epochs). It also refuses to back up
 an epoch whose loss is not finite, and can restore from another directory than it writes to (the
 non-chief workers of a multi-worker run write their backups to a scratch folder but restore the
@@ -86,69 +89,132 @@ def debug_pause(point: str, epoch: Optional[int] = None) -> None:
         time.sleep(float(seconds))
 
 
-def read_metadata(directory: str) -> Optional[dict]:
-    """The committed checkpoint of a backup directory, or None when there is none.
+def read_metadata(folder) -> Optional[dict]:
+    """The committed checkpoint of a backup folder (a `run_dir.Folder`), or None when there is
+    none (or no folder).
 
     Raises CheckpointError for a metadata file that exists but is unreadable (it is only ever
     replaced atomically, so this means damage from outside, not a kill).
     """
-    path = os.path.join(directory, METADATA_FILE)
-    try:
-        with open(path) as f:
-            meta = json.load(f)
-    except FileNotFoundError:
+    if isinstance(folder, (str, os.PathLike)):  # a backup folder given by path
+        from experiments.run_dir import open_folder
+
+        opened = open_folder(folder)
+        try:
+            return read_metadata(opened)
+        finally:
+            if opened is not None:
+                opened.close()
+    if folder is None:
         return None
+    path = os.path.join(folder.path, METADATA_FILE)
+    try:
+        data = folder.read_bytes(METADATA_FILE)
+        if data is None:
+            return None
+        meta = json.loads(data)
     except (OSError, ValueError) as error:
-        raise CheckpointError(f"the backup metadata {path} is unreadable ({error}); delete "
-                              f"{directory} to start the run over.") from None
-    if not isinstance(meta, dict) or not isinstance(meta.get("epoch"), int):
-        raise CheckpointError(f"the backup metadata {path} holds no epoch; delete {directory} "
-                              "to start the run over.")
+        raise CheckpointError(f"the backup metadata {path} is unreadable "
+                              f"({common.one_line(error)}){START_OVER}") from None
+    if not isinstance(meta, dict) or not _is_int(meta.get("epoch")):
+        raise CheckpointError(f"the backup metadata {path} holds no epoch{START_OVER}")
     return meta
 
 
-def committed_epoch(directory: str) -> int:
-    """The number of finished epochs a backup directory holds (0 when it holds none)."""
-    meta = read_metadata(directory)
+def committed_epoch(folder) -> int:
+    """The number of finished epochs a backup folder holds (0 when it holds none)."""
+    try:
+        meta = read_metadata(folder)
+    except (CheckpointError, OSError):
+        return 0
     return int(meta["epoch"]) if meta else 0
 
 
-def _fsync(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _write_atomically(path: str, text: str) -> None:
-    tmp = f"{path}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)  # never follows a link
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def weights_name(epoch: int) -> str:
+    return f"epoch{epoch:04d}.weights.h5"
+
+
+START_OVER = ("; pass --overwrite to train the run again from the start (or move the backup "
+              "folder away).")
+
+
+def check_metadata(folder, meta: dict, epochs: Optional[int], identity: Optional[dict]) -> str:
+    """The weights file a committed checkpoint names, once it is found consistent.
+
+    Consistent: the epoch within `1..epochs`, the weights file named after that epoch, a regular
+    file of the recorded size and SHA-256, and the recorded flags equal to `identity` (the run's
+    flags.json less its locations). Raises CheckpointError naming the first inconsistency. A
+    checkpoint of an earlier version (no size, checksum or flags recorded) is accepted with a
+    note when the rest holds.
+    """
+    where = folder.path
+    epoch, name = meta["epoch"], meta.get("weights", LEGACY_WEIGHTS_FILE)
+    if epoch < 1 or (epochs is not None and epoch > epochs):
+        raise CheckpointError(f"the backup in {where} claims {epoch} finished epochs, but the run "
+                              f"has {epochs}: it is not this run's{START_OVER}")
+    legacy = "sha256" not in meta
+    if not isinstance(name, str) or name not in (weights_name(epoch),) + (
+            (LEGACY_WEIGHTS_FILE,) if legacy else ()):
+        raise CheckpointError(f"the backup metadata in {where} names the weights file {name!r}, "
+                              f"not {weights_name(epoch)!r} of its epoch {epoch}{START_OVER}")
+    found = folder.checksum(name)
+    if found is None:
+        raise CheckpointError(f"the backup in {where} commits {name}, which is missing"
+                              f"{START_OVER}")
+    if legacy:
+        print(f"note: the backup in {where} was written by an earlier version, which recorded "
+              "no checksum: its weights are used unverified.", flush=True)
+    elif [found[0], found[1]] != [meta.get("size"), meta.get("sha256")]:
+        raise CheckpointError(f"the backup weights {os.path.join(where, name)} are not the ones "
+                              f"committed (size {found[0]} bytes, recorded {meta.get('size')}, or "
+                              f"their checksum differs){START_OVER}")
+    if identity is not None and isinstance(meta.get("flags"), dict):
+        diffs = common.flag_differences(meta["flags"], identity)
+        if diffs:
+            raise CheckpointError(f"the backup in {where} was made with other flags "
+                                  f"({'; '.join(diffs)}){START_OVER}")
+    elif identity is not None and not legacy:
+        raise CheckpointError(f"the backup metadata in {where} records no flags{START_OVER}")
+    return name
 
 
 class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
     """`keras.callbacks.BackupAndRestore` (epoch-end saves) whose checkpoints survive a kill.
 
     Args:
-        backup_dir: where checkpoints are written.
-        restore_dir: where the checkpoint to resume from is read (default: `backup_dir`).
+        folder: the `run_dir.Folder` checkpoints are written to (or a path: a folder of its own).
+        restore_folder: the one the checkpoint to resume from is read from (default: `folder`;
+            None: there is none).
         backup_every: back up at the end of every Nth epoch (counted from the first epoch of
             training, not of this `fit`) and of the last epoch `fit` trains. A resumed run
             restarts from the last backup, so it trains up to N - 1 epochs again.
+        epochs: the run's epochs (a checkpoint claiming more is refused).
+        identity: the flags recorded with every checkpoint and checked when restoring.
+        backup_dir: the backup's path, for Keras and messages (default: `folder`'s); `folder`
+            may then be None until it is set, before `fit`.
     """
 
-    def __init__(self, backup_dir: str, restore_dir: Optional[str] = None,
-                 backup_every: int = 1):
+    def __init__(self, folder, restore_folder=..., backup_every: int = 1,
+                 epochs: Optional[int] = None, identity: Optional[dict] = None,
+                 backup_dir: Optional[str] = None):
         if isinstance(backup_every, bool) or not isinstance(backup_every, int) or backup_every < 1:
             raise ValueError(f"backup_every must be an integer >= 1, got {backup_every!r}.")
-        super().__init__(backup_dir=backup_dir, save_freq="epoch", delete_checkpoint=False)
-        self.restore_dir = restore_dir or backup_dir
+        if isinstance(folder, (str, os.PathLike)):  # a folder of its own, outside a run
+            from experiments.run_dir import RunDirectory
+
+            folder = RunDirectory.open(os.fspath(folder), lock=False, manifest=False)
+            if restore_folder is ...:
+                restore_folder = folder
+        super().__init__(backup_dir=backup_dir or folder.path, save_freq="epoch",
+                         delete_checkpoint=False)
+        self.folder = folder
+        self.restore_folder = folder if restore_folder is ... else restore_folder
         self.backup_every = backup_every
+        self.epochs, self.identity = epochs, identity
         self._restored = False
         self._unsaved = None  # (epoch, logs) of a finished epoch not backed up yet
 
@@ -156,30 +222,30 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
         """Loads the committed checkpoint (weights, optimizer state) into the model.
 
         Returns the number of finished epochs it holds (0, loading nothing, when there is none).
+        Raises CheckpointError for a checkpoint that is not consistent (`check_metadata`).
         """
         if model is not None:
             self.set_model(model)
         model = self.model
-        meta = read_metadata(self.restore_dir)
+        folder = self.restore_folder
+        meta = read_metadata(folder)
         self._restored = True
         if meta is None:
             return 0
-        name = meta.get("weights", LEGACY_WEIGHTS_FILE)
-        if not isinstance(name, str) or os.path.basename(name) != name:
-            raise CheckpointError(f"the backup metadata in {self.restore_dir} names an invalid "
-                                  f"weights file {name!r}.")
-        path = os.path.join(self.restore_dir, name)
-        if not os.path.isfile(path):
-            raise CheckpointError(f"the backup in {self.restore_dir} commits {name}, which is "
-                                  f"missing; delete {self.restore_dir} to start the run over.")
+        name = check_metadata(folder, meta, self.epochs, self.identity)
+        before = folder.lstat(name)
         if model.optimizer is not None and not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)  # its state is in the checkpoint
+        path = os.path.join(folder.path, name)
         try:
-            model.load_weights(path)
+            model.load_weights(folder.proc_path(name))
         except Exception as error:  # h5py/Keras raise OSError, ValueError, KeyError, ...
             raise CheckpointError(f"the backup checkpoint {path} cannot be loaded "
-                                  f"({type(error).__name__}: {error}); delete {self.restore_dir} "
-                                  "to start the run over.") from None
+                                  f"({type(error).__name__}: {error}){START_OVER}") from None
+        after = folder.lstat(name)
+        if after is None or (after.st_ino, after.st_mtime_ns) != (before.st_ino,
+                                                                  before.st_mtime_ns):
+            raise CheckpointError(f"the backup checkpoint {path} changed while it was loaded.")
         epoch = int(meta["epoch"])
         model._initial_epoch = epoch  # what Keras's callback sets for `fit` to start from
         self._current_epoch = epoch
@@ -216,41 +282,39 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
             super().on_epoch_end(epoch, epoch_logs)
         super().on_train_end(logs)
 
+    def checkpoint_bytes(self) -> int:
+        """About how much disk a checkpoint takes (weights, optimizer state, HDF5 overhead)."""
+        variables = list(self.model.weights) + list(getattr(self.model.optimizer, "variables",
+                                                            []))
+        size = sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in variables)
+        return int(size * 1.1) + len(variables) * 4096 + 2**20
+
     @compat.override(keras.callbacks.BackupAndRestore)  # checks Keras still calls it, as (self)
     def _save_model(self):
-        directory = self.backup_dir
-        os.makedirs(directory, exist_ok=True)
+        folder = self.folder
+        folder.check_still_there()  # a backup/ replaced by a link is refused, not written through
         epoch = self._current_epoch
-        name = f"epoch{epoch:04d}.weights.h5"
-        final = os.path.join(directory, name)
-        tmp = os.path.join(directory, f".tmp.{os.getpid()}.{name}")
-        if os.path.lexists(tmp):
-            os.remove(tmp)
-        variables = list(self.model.weights) + list(getattr(self.model.optimizer, "variables", []))
-        size = sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in variables)
+        name = weights_name(epoch)
         # HDF5 meets a full disk with a storm of errors and can crash the process: refuse first.
         # The margin covers HDF5's per-dataset overhead and the metadata file.
-        common.check_free_space(directory, int(size * 1.1) + len(variables) * 4096 + 2**20,
+        common.check_free_space(folder.proc_path(), self.checkpoint_bytes(),
                                 f"the checkpoint of epoch {epoch}")
-        try:
+        with folder.replacing(name) as tmp:
             self.model.save_weights(tmp, overwrite=True)
-            _fsync(tmp)
-        except BaseException:
-            if os.path.lexists(tmp):
-                os.remove(tmp)
-            raise
-        os.replace(tmp, final)
+        size, sha256 = folder.checksum(name)
         debug_pause("checkpoint", epoch)
-        _write_atomically(os.path.join(directory, METADATA_FILE),
-                          json.dumps({"epoch": epoch, "batch": 0, "weights": name}))
-        _fsync(directory)  # the renames themselves survive a power cut
-        for other in os.listdir(directory):
-            stale = (other != name and (other.endswith(".weights.h5") or other.endswith(".tmp")))
-            if stale:
-                try:
-                    os.remove(os.path.join(directory, other))
-                except OSError:
-                    pass
+        meta = {"epoch": epoch, "batch": 0, "weights": name, "size": size, "sha256": sha256}
+        if self.identity is not None:
+            meta["flags"] = self.identity
+        folder.write_text(METADATA_FILE, json.dumps(meta, allow_nan=False))  # the commit
+        folder.fsync()  # the renames themselves survive a power cut
+        # Only what this run recorded goes: the user's own files in backup/ stay.
+        root = folder.root
+        for key in root.recorded():
+            if key.startswith(folder.relative) and not key.endswith("/"):
+                other = key[len(folder.relative):]
+                if "/" not in other and other not in (name, METADATA_FILE):
+                    folder.remove(other)
 
 
 class StopOnNonFiniteLoss(keras.callbacks.Callback):

@@ -8,7 +8,7 @@ batch 128, 200 epochs, lr x0.2 at epochs 60, 120 and 160). `--model_dir` ends up
 
     flags.json, flagfile.txt   the run's flags (`--flagfile=flagfile.txt` re-runs it)
     logs/                      TensorBoard: every head's accuracy, the loss parts, learning rate
-    history.csv                one row per epoch (CSVLogger, appended across resumes)
+    history.csv                one row per epoch (rewritten whole after each epoch)
     backup/                    BackupAndRestore state while training; removed once finished
     net1.keras, net2.keras     the deployable networks, without auxiliary heads
     results.json               final test errors per network and head, timing, versions, history
@@ -20,8 +20,9 @@ one does nothing. A directory holding a run with other flags is refused unless `
 given. Checkpoints are committed atomically, so a kill at any moment (a checkpoint write
 included) leaves the last backed-up epoch resumable (experiments/fault_tolerance.py says why
 Keras's own BackupAndRestore does not). A NaN or infinite training loss stops the run with an
-error before the diverged epoch is backed up. The script never writes through a symbolic link
-inside `--model_dir`.
+error before the diverged epoch is backed up. The run directory is held open and locked for the
+run's life, and written without following a link inside it; --overwrite removes exactly what the
+replaced run recorded (experiments/run_dir.py, docs/run_directory.md).
 
 Multi-worker training (`--distribute=multi_worker`): every worker runs the same command with its
 own `$TF_CONFIG`, e.g. `{"cluster": {"worker": ["host1:2222", "host2:2222"]}, "task": {"type":
@@ -54,7 +55,7 @@ from typing import Iterator, List, NamedTuple, Optional, Tuple
 
 from absl import app, flags
 
-from experiments import common, plots
+from experiments import common, plots, run_dir
 from experiments.config import OPERATIONAL_FLAGS, RUN_FLAGS, TrainConfig, parse_boundaries, \
     parse_connections, parse_json
 
@@ -107,7 +108,8 @@ flags.DEFINE_enum("distribute", "auto", STRATEGIES,
                   "auto: MirroredStrategy when more than one GPU is visible; multi_worker: "
                   "MultiWorkerMirroredStrategy configured by $TF_CONFIG.")
 flags.DEFINE_string("model_dir", None, "Run directory (created if needed).")
-flags.DEFINE_integer("seed", 0, "Seed of initialisation, shuffling and augmentation.")
+flags.DEFINE_integer("seed", 0, "Seed of initialisation, shuffling and augmentation "
+                     "(0 to 2**32 - 1).", lower_bound=0, upper_bound=2**32 - 1)
 flags.DEFINE_bool("deterministic", False,
                   "Also make TensorFlow ops deterministic (slower; exact reruns and resumes).")
 flags.DEFINE_integer("max_train_examples", None, "Train on the first N training examples only.",
@@ -170,6 +172,11 @@ def _check(validator, name):
 _check(parse_connections, "connections")
 _check(parse_boundaries, "lr_boundaries")
 flags.register_validator("nets", lambda v: len(v) >= 1, "give at least one network")
+# absl's bounds let NaN through (every comparison with it is false), and infinity passes a lower
+# bound: neither trains to anything, and flags.json could not record them (JSON has neither).
+for _name in ("lr", "lr_decay", "momentum", "weight_decay", "temperature", "kd_weight"):
+    flags.register_validator(_name, lambda v: v is None or math.isfinite(v),
+                             f"--{_name} must be a finite number (not nan or inf)")
 # dcm_keras.data.DATASETS, copied: importing dcm_keras starts the backend (a test keeps them equal).
 DATASETS = ("cifar10", "cifar100", "fashion_mnist", "imagenet2012", "image_folder:PATH")
 flags.register_validator(
@@ -341,24 +348,6 @@ def epoch_stats_callback():
     return EpochStats()
 
 
-def _clear_run(model_dir: str, previous: dict) -> None:
-    """Removes the files the replaced run wrote, and nothing else a user keeps there.
-
-    `previous` is that run's flags.json: its networks tell which `netK.keras` files it exported.
-    """
-    for name in (common.BACKUP_DIR, common.LOG_DIR):
-        shutil.rmtree(os.path.join(model_dir, name), ignore_errors=True)
-    nets = previous.get("nets")
-    count = len(nets) if isinstance(nets, list) else 0
-    names = [common.FLAGS_FILE, common.FLAGFILE, common.RESULTS_FILE, common.HISTORY_FILE,
-             common.PLOT_FILE] + [_network_file(k) for k in range(count)]
-    for name in names:
-        path = os.path.join(model_dir, name)
-        if os.path.lexists(path):
-            os.remove(path)
-    common.remove_stale_temporaries(model_dir, names)
-
-
 def _check_workers_agree(strategy, epoch: int, restore_dir: str) -> None:
     """Refuses to train when the workers restored different epochs (one collective op).
 
@@ -374,19 +363,6 @@ def _check_workers_agree(strategy, epoch: int, restore_dir: str) -> None:
                         f"epochs in {restore_dir}, the mean over workers: {mean:g}); "
                         "--model_dir must be a folder that every worker sees (a shared file "
                         "system).")
-
-
-def _network_file(k: int) -> str:
-    """The exported file of network k (0-based) in --model_dir."""
-    return f"net{k + 1}.keras"
-
-
-def _written_paths(num_nets: int) -> List[str]:
-    """Everything a run writes in --model_dir, relative to it."""
-    return [common.FLAGS_FILE, common.FLAGFILE, common.HISTORY_FILE, common.RESULTS_FILE,
-            common.PLOT_FILE, common.BACKUP_DIR, os.path.join(common.LOG_DIR, "train"),
-            os.path.join(common.LOG_DIR, "validation")] + [
-        _network_file(k) for k in range(num_nets)]
 
 
 def _deployable(run: Run, k: int):
@@ -409,84 +385,54 @@ def _deployable(run: Run, k: int):
     return export_network(plain, preprocessing=info)
 
 
-def _save_model_atomically(model, path: str) -> str:
-    """`save_network` (a temporary file and a rename: never a truncated `.keras`), first removing
-    the temporary files of a process killed while saving (they share `replacing`'s names)."""
-    from dcm_keras import save_network
-
-    directory, base = os.path.split(path)
-    common.remove_stale_temporaries(directory, [base])
-    return save_network(model, path, overwrite=True)
-
-
-def history_logger(path: str):
-    """Keras's `CSVLogger` (appending), refusing to open its file through a symbolic link.
-
-    It keeps the file open for the whole run, so the check right before it opens (and the
-    comparison of what it opened with what is at `path`) covers a link planted after start-up.
-    """
+def run_files_callback(history, log_folders):
+    """A callback recording each epoch in history.csv (rewritten whole, atomically: see
+    `run_dir.HistoryFile`) and TensorBoard's event files in the run's manifest."""
     import keras
 
-    class HistoryLogger(keras.callbacks.CSVLogger):
-        def on_train_begin(self, logs=None):
-            directory = os.path.dirname(os.path.abspath(path))
-            common.check_no_symlinks(directory, os.path.basename(path))
-            super().on_train_begin(logs)
-            opened = os.fstat(self.csv_file.fileno())
-            there = os.lstat(path)
-            if (opened.st_dev, opened.st_ino) != (there.st_dev, there.st_ino):
-                self.csv_file.close()
-                raise UserError(f"{path} changed while it was opened (a link planted there?); "
-                                "refusing to write through it.")
+    class RunFiles(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            history.add(epoch, logs or {})
+            if log_folders:
+                run_dir.record_event_files(log_folders)
 
-    return HistoryLogger(path, append=True)
+    return RunFiles()
 
 
 def train(config: TrainConfig) -> int:
     """Runs (or resumes) the training described by `config`. Returns 0.
 
-    Raises `UserError` for bad flags, a run directory holding another run, bad data, or a loss
-    that became NaN or infinite.
+    Raises `UserError` for bad flags, a run directory holding another run (or in use by one),
+    bad data, or a loss that became NaN or infinite.
     """
     process_start = time.perf_counter()
-    scratch = []  # a non-chief worker's temporary folder, removed whatever happens
-    try:
+    # What the run holds open (--model_dir and its lock) and a non-chief worker's temporary
+    # folder: closed and removed whatever happens.
+    with contextlib.ExitStack() as stack:
         with user_errors():
-            run = _prepare(config, scratch)
+            run = _prepare(config, stack)
         if run is None:
             return 0
         from experiments.fault_tolerance import NonFiniteLoss, committed_epoch
 
+        # The backup a rerun resumes from: the chief's own (every worker reads it).
+        restore = run.backup.folder if run.task.chief else run.backup.restore_folder
+        where = restore.path if restore is not None else os.path.join(run.model_dir,
+                                                                      common.BACKUP_DIR)
         try:
             return _fit_and_report(run, process_start)
         except OSError as e:  # a full disk or a folder that became unwritable
-            kept = committed_epoch(run.restore_dir)
-            backup = (f"the backup of epoch {kept} in {run.restore_dir} is intact: re-running "
+            kept = committed_epoch(restore)
+            backup = (f"the backup of epoch {kept} in {where} is intact: re-running "
                       "this command resumes from it" if kept else "no epoch had been backed up")
             raise UserError(f"{common.one_line(e)}; {backup}.") from e
         except NonFiniteLoss as e:
-            kept = committed_epoch(run.restore_dir)
-            backup = (f"the backup of epoch {kept} in {run.restore_dir} is kept (re-running "
+            kept = committed_epoch(restore)
+            backup = (f"the backup of epoch {kept} in {where} is kept (re-running "
                       "this command resumes from it)" if kept else "no epoch had finished, so "
                       "there is no backup")
             raise UserError(f"{e}: training diverged (is --lr too high?) and was stopped before "
                             f"that epoch could be backed up; {backup}.") from e
-    finally:
-        for folder in scratch:
-            shutil.rmtree(folder, ignore_errors=True)
-
-
-@dataclasses.dataclass(frozen=True)
-class RunDir:
-    """What `--model_dir` holds: the recorded flags of an earlier run, and whether to replace it."""
-
-    path: str  # absolute
-    previous: Optional[dict]  # that run's flags.json, None when there is none
-    replace: bool  # --overwrite of a run made with other flags
-
-    @property
-    def flags_path(self) -> str:
-        return os.path.join(self.path, common.FLAGS_FILE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -526,45 +472,48 @@ class Run:
     nets: list  # the networks, with their auxiliary heads
     dcm: object  # the compiled DCM over `nets`
     model_dir: str
-    out_dir: str  # model_dir on the chief; a temporary folder on other workers
+    run_dir: run_dir.TrainingRun  # --model_dir, held open (and locked on the chief)
+    out: run_dir.Folder  # where this process writes: model_dir on the chief, else a scratch one
     backup: object  # the AtomicBackupAndRestore callback
     initial_epoch: int
 
-    @property
-    def restore_dir(self) -> str:
-        """The chief's backup, which every worker resumes from."""
-        return os.path.join(self.model_dir, common.BACKUP_DIR)
 
-
-def _prepare(config: TrainConfig, scratch: List[str]) -> Optional[Run]:
+def _prepare(config: TrainConfig, stack: contextlib.ExitStack) -> Optional[Run]:
     """Checks the flags and the run directory, builds the model and the datasets; None if the
     run is already complete.
 
     Everything that can refuse the command runs before anything is written, the cheap checks
-    before the backend starts. A non-chief worker of a multi-worker run appends the temporary
-    folder it writes to `scratch`.
+    before the backend starts. What it opens is closed by `stack`.
     """
     task = _check_flags(config)
-    run_dir = _check_run_dir(config, task)
-    if run_dir is None:
+    flags_json = config.to_json()
+    opened = run_dir.TrainingRun.open(config.model_dir, flags_json, config.overwrite, task.chief)
+    if opened.folder is not None:
+        stack.callback(opened.folder.close)
+    if opened.complete:
+        print(f"Run in {opened.path} is already complete; see "
+              f"{os.path.join(opened.path, common.RESULTS_FILE)}. Nothing to do.", flush=True)
+        if task.chief:
+            opened.finish()
         return None
     device = _start_backend(config)  # the backend starts here: everything above is cheap
     # The data module's RuntimeErrors: TensorFlow missing, or a tfds dataset it cannot prepare.
     with user_errors(RuntimeError):
         data = _describe_data(config)
     nets, dcm = _build_model(config, device, data)
-    out_dir, backup, initial_epoch = _restore(config, task, device, dcm, run_dir, scratch)
+    out, backup, initial_epoch = _restore(config, task, device, dcm, opened, stack)
     with user_errors(RuntimeError):
         data = _load_data(config, device, data, initial_epoch)
     # Written only once everything above has been checked, so a bad command leaves no trace.
-    os.makedirs(out_dir, exist_ok=True)
     if task.chief:
-        if run_dir.replace:
-            _clear_run(run_dir.path, run_dir.previous)
-        common.write_json(run_dir.flags_path, config.to_json())
-        common.write_text(os.path.join(run_dir.path, common.FLAGFILE), flagfile_text())
+        opened.start(flags_json, flagfile_text())
+        backup.folder = backup.restore_folder = opened.backup_folder(create=True)
+        # A disk that is already full is refused now, not after an epoch of training: two
+        # checkpoints (the committed one and the next) must fit.
+        common.check_free_space(out.proc_path(), 2 * backup.checkpoint_bytes(),
+                                "this run's checkpoints")
     return Run(config=config, task=task, device=device, data=data, nets=nets, dcm=dcm,
-               model_dir=run_dir.path, out_dir=out_dir, backup=backup,
+               model_dir=opened.path, run_dir=opened, out=out, backup=backup,
                initial_epoch=initial_epoch)
 
 
@@ -584,53 +533,6 @@ def _check_flags(config: TrainConfig) -> Task:
     if config.distribute == "multi_worker":
         return parse_tf_config(os.environ.get("TF_CONFIG"))
     return ALONE
-
-
-def _check_run_dir(config: TrainConfig, task: Task) -> Optional[RunDir]:
-    """What `--model_dir` holds: new, resumed or replaced; None when it holds this run finished.
-
-    Refuses a directory holding another run (unless --overwrite), files of the user's under the
-    names a run writes, and symbolic links among them.
-    """
-    model_dir = os.path.abspath(config.model_dir)
-    if os.path.exists(model_dir) and not os.path.isdir(model_dir):
-        raise NotADirectoryError(f"--model_dir {model_dir} is a file, not a directory.")
-    previous = common.read_json(os.path.join(model_dir, common.FLAGS_FILE))
-    replace = False
-    if previous is not None:
-        diffs = common.flag_differences(previous, config.to_json())
-        if diffs and not config.overwrite:
-            raise UserError(f"{model_dir} holds a run with different flags ({'; '.join(diffs)}); "
-                            "use another --model_dir or pass --overwrite to replace it.")
-        lost = []
-        if not diffs and common.completed_results(model_dir):
-            lost = [_network_file(k) for k in range(len(config.nets))
-                    if not os.path.isfile(os.path.join(model_dir, _network_file(k)))]
-            if not lost:
-                print(f"Run in {model_dir} is already complete; see "
-                      f"{os.path.join(model_dir, common.RESULTS_FILE)}. Nothing to do.",
-                      flush=True)
-                shutil.rmtree(os.path.join(model_dir, common.BACKUP_DIR), ignore_errors=True)
-                return None
-            if not config.overwrite:  # a finished run keeps no other copy of its weights
-                raise UserError(f"Run in {model_dir} finished, but {', '.join(lost)} "
-                                f"{'is' if len(lost) == 1 else 'are'} gone and a finished run "
-                                "keeps no backup to export from; pass --overwrite to train it "
-                                "again, or use another --model_dir.")
-        replace = bool(diffs or lost)
-    if task.chief:  # refuses links before anything is written (or, with --overwrite, removed)
-        common.check_no_symlinks(model_dir, *_written_paths(len(config.nets)))
-    if previous is None and task.chief and not config.overwrite and os.path.isdir(model_dir):
-        # No flags.json, yet files under the names a run writes: not this script's run (it
-        # writes flags.json before anything else), so they are the user's. Never replace them
-        # (nor empty a backup/ folder of theirs) unasked.
-        taken = sorted({name.split(os.sep)[0] for name in _written_paths(len(config.nets))
-                        if os.path.lexists(os.path.join(model_dir, name.split(os.sep)[0]))})
-        if taken:
-            raise UserError(f"{model_dir} holds {', '.join(taken)} but no flags.json, so not a "
-                            "run of this script; use another --model_dir or pass --overwrite to "
-                            "replace them.")
-    return RunDir(model_dir, previous, replace)
 
 
 def _start_backend(config: TrainConfig) -> Device:
@@ -693,35 +595,53 @@ def _build_network(config: TrainConfig, name: str, info, synchronized_bn: bool):
                           weight_decay=config.weight_decay, synchronized_bn=synchronized_bn)
 
 
-def _restore(config: TrainConfig, task: Task, device: Device, dcm, run_dir: RunDir,
-             scratch: List[str]) -> Tuple[str, object, int]:
-    """`(out_dir, backup callback, epoch to start at)`: the last finished epoch restored.
+def _restore(config: TrainConfig, task: Task, device: Device, dcm, opened: run_dir.TrainingRun,
+             stack: contextlib.ExitStack) -> Tuple[run_dir.Folder, object, int]:
+    """`(out folder, backup callback, epoch to start at)`: the last finished epoch restored.
 
-    Non-chief workers write to a temporary folder (appended to `scratch`) and resume from the
+    Non-chief workers write to a temporary folder (removed by `stack`) and resume from the
     chief's backup: Keras's BackupAndRestore has no notion of workers, and all of them must
     save (reading synchronised variables takes every worker) but only one may write the run.
+    A backup that is not consistent (fault_tolerance.check_metadata) is refused, or with
+    --overwrite the run starts over.
     """
     from experiments.fault_tolerance import AtomicBackupAndRestore, CheckpointError
 
-    restore_dir = os.path.join(run_dir.path, common.BACKUP_DIR)
     if task.chief:
-        out_dir = run_dir.path
+        out = opened.folder
+        folder = None  # backup/ is made once everything is checked (TrainingRun.start)
     else:
-        out_dir = tempfile.mkdtemp(prefix=f"dcm_{task.type}{task.index}_")
-        scratch.append(out_dir)
-    backup = AtomicBackupAndRestore(os.path.join(out_dir, common.BACKUP_DIR),
-                                    restore_dir=restore_dir, backup_every=config.backup_every)
+        scratch = tempfile.mkdtemp(prefix=f"dcm_{task.type}{task.index}_")
+        stack.callback(shutil.rmtree, scratch, ignore_errors=True)
+        out = run_dir.RunDirectory.open(scratch, lock=False, manifest=False)
+        stack.callback(out.close)
+        folder = out.child(common.BACKUP_DIR)
+    restore_folder = opened.backup_folder(create=False)
+    backup = AtomicBackupAndRestore(folder, restore_folder=restore_folder,
+                                    backup_every=config.backup_every, epochs=config.epochs,
+                                    identity=run_dir.identity(config.to_json()),
+                                    backup_dir=os.path.join(opened.path, common.BACKUP_DIR))
+    backup.set_model(dcm)
     with device.strategy.scope(), user_errors(CheckpointError):
         # Weights and optimizer state of the last finished epoch, also when no epoch is left to
         # train (a run killed while exporting must export the trained weights).
-        if run_dir.replace:  # the old run's backup is about to go (the chief removes it)
+        initial_epoch = 0
+        if opened.replace:  # the old run's backup is about to go (the chief removes it)
             backup.start_over()
-            initial_epoch = 0
         else:
-            initial_epoch = backup.restore(dcm)
+            try:
+                initial_epoch = backup.restore(dcm)
+            except CheckpointError as error:
+                if not (config.overwrite and task.chief):
+                    raise
+                print(f"note: {str(error).split('; pass --overwrite')[0]}; --overwrite: "
+                      "training the run again from the start.", flush=True)
+                backup.start_over()
+                opened.replace = True
     if task.workers > 1:
-        _check_workers_agree(device.strategy, initial_epoch, restore_dir)
-    return out_dir, backup, initial_epoch
+        _check_workers_agree(device.strategy, initial_epoch,
+                             os.path.join(opened.path, common.BACKUP_DIR))
+    return out, backup, initial_epoch
 
 
 def _load_data(config: TrainConfig, device: Device, data: Data, initial_epoch: int) -> Data:
@@ -755,29 +675,30 @@ def _fit_and_report(run: Run, process_start: float) -> int:
     """Trains from the last finished epoch, then exports networks and writes results."""
     import keras
 
-    from dcm_keras import data, shipping
+    from dcm_keras import data, save_network, shipping
     from experiments.fault_tolerance import StopOnNonFiniteLoss, debug_pause
 
-    config, dcm, model_dir, out_dir = run.config, run.dcm, run.model_dir, run.out_dir
+    config, dcm, model_dir, out = run.config, run.dcm, run.model_dir, run.out
     epochs, initial_epoch = config.epochs, run.initial_epoch
-    history_path = os.path.join(out_dir, common.HISTORY_FILE)
+    history = run_dir.HistoryFile(out)
+    logs = run_dir.log_folders(out) if importlib.util.find_spec("tensorflow") else []
     callbacks = [
         # Epoch-granular drops, as the released code's (and PyTorch's MultiStepLR): every step of
         # epoch e uses lr * decay ** (boundaries passed), and a resumed run sets it again.
         keras.callbacks.LearningRateScheduler(config.learning_rate),
         epoch_stats_callback(),
         # Logged before the backup is taken: a kill in between re-runs (and re-logs) the epoch
-        # rather than losing its row; read_history keeps the last row of each epoch.
-        history_logger(history_path),
+        # rather than losing its row; the history keeps the last row of each epoch.
+        run_files_callback(history, logs),
         # Raises at the first non-finite batch loss, before the epoch (and its backup) ends.
         StopOnNonFiniteLoss(),
         # Restored by the _restore step; kept after training and removed only once results.json is
         # written, so a kill during export resumes with nothing left to train.
         run.backup,
     ]
-    if importlib.util.find_spec("tensorflow") is not None:  # it writes through tf.summary
+    if logs:  # TensorBoard writes through tf.summary, into logs/ as opened (never a link)
         callbacks.insert(2, keras.callbacks.TensorBoard(
-            log_dir=os.path.join(out_dir, common.LOG_DIR), write_graph=False, profile_batch=0))
+            log_dir=logs[0].proc_path(), write_graph=False, profile_batch=0))
     else:
         print("TensorFlow is not installed: no TensorBoard logs (history.csv and results.json "
               "hold the same numbers).", flush=True)
@@ -800,7 +721,7 @@ def _fit_and_report(run: Run, process_start: float) -> int:
     if debug_dir:  # a test hook (see the module docstring)
         dcm.save_weights(os.path.join(debug_dir, f"{run.task.type}_{run.task.index}.weights.h5"))
 
-    history = common.read_history(history_path) if run.task.chief else []
+    history = history.rows if run.task.chief else []
     if config.distribute == "multi_worker":
         # Every worker must take the same branch (evaluate is a collective), so decide on what
         # all of them know: whether this process trained the final epoch.
@@ -823,12 +744,13 @@ def _fit_and_report(run: Run, process_start: float) -> int:
     for k, (name, net, heads, ids) in enumerate(zip(config.nets, run.nets, dcm.heads,
                                                     dcm.head_ids)):
         deployable = _deployable(run, k)
-        path = _save_model_atomically(deployable, os.path.join(model_dir, _network_file(k)))
+        out.record(run_dir.network_file(k))  # recorded first: a kill may follow the write
+        save_network(deployable, out.proc_path(run_dir.network_file(k)), overwrite=True)
         if k == 0:
             debug_pause("export")
         entry = {
             "architecture": name,
-            "file": os.path.basename(path),
+            "file": run_dir.network_file(k),
             "params": int(deployable.count_params()),
             "params_with_heads": int(net.count_params()),
             "test_error": {h: common.error_percent(last[f"val_{i}_acc"])
@@ -839,6 +761,11 @@ def _fit_and_report(run: Run, process_start: float) -> int:
         nets_summary[f"net{k + 1}"] = entry
 
     median_train = common.steady_epoch_seconds(history)
+    missing = sorted(set(range(epochs)) - {row["epoch"] for row in history})
+    if missing:  # history.csv was removed or cut before this process started (see HistoryFile)
+        print(f"warning: {os.path.join(model_dir, common.HISTORY_FILE)} lacks {len(missing)} of "
+              f"the {epochs} epochs (from epoch {missing[0] + 1}); results.json's history is "
+              "incomplete and its wall_time_s is null.", flush=True)
     info = run.data.info
     results = {
         "complete": True,
@@ -870,22 +797,23 @@ def _fit_and_report(run: Run, process_start: float) -> int:
         "steps_per_epoch": run.data.steps_per_epoch,
         "resumed_at_epoch": initial_epoch,
         # Summed over epochs, so a run resumed after a kill reports its whole training time.
-        "wall_time_s": sum(row.get("epoch_seconds", 0.0) for row in history),
+        "wall_time_s": (None if missing else
+                        sum(row.get("epoch_seconds", 0.0) for row in history)),
         "process_wall_time_s": time.perf_counter() - process_start,
         "epoch_train_seconds_median": median_train,
         "train_images_per_sec": (run.data.steps_per_epoch * config.batch_size / median_train
                                  if median_train else None),
         "versions": common.versions(),
         # Epochs without an evaluation have NaN test columns in history.csv; JSON gets null.
-        "history": [{k: (None if isinstance(v, float) and math.isnan(v) else v)
-                     for k, v in row.items()} for row in history],
+        "history": history,
     }
+    out.record(common.PLOT_FILE)
     plots.plot_test_error(history, {f"net{k + 1}": (name, heads) for k, (name, heads)
-                              in enumerate(zip(config.nets, dcm.heads))},
-                    os.path.join(model_dir, common.PLOT_FILE),
-                    f"{config.method}: {' + '.join(config.nets)} on {info.name}")
-    common.write_json(os.path.join(model_dir, common.RESULTS_FILE), results)
-    shutil.rmtree(run.restore_dir, ignore_errors=True)
+                                    in enumerate(zip(config.nets, dcm.heads))},
+                          out.proc_path(common.PLOT_FILE),
+                          f"{config.method}: {' + '.join(config.nets)} on {info.name}")
+    out.write_json(common.RESULTS_FILE, run_dir.without_nan(results))
+    run.run_dir.finish()
     summary = ", ".join(f"{k} ({v['architecture']}) {v['test_error']['logits']:.2f}%"
                         for k, v in nets_summary.items())
     print(f"Test error: {summary}. Results in {model_dir}.", flush=True)

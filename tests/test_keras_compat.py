@@ -125,7 +125,9 @@ def test_keras_calls_the_atomic_checkpoint_write_during_fit(tmp_path):
               callbacks=[AtomicBackupAndRestore(backup)])
     with open(os.path.join(backup, METADATA_FILE)) as f:
         meta = json.load(f)
-    assert meta == {"epoch": 2, "batch": 0, "weights": "epoch0002.weights.h5"}
+    assert {k: meta[k] for k in ("epoch", "batch", "weights")} == {
+        "epoch": 2, "batch": 0, "weights": "epoch0002.weights.h5"}
+    assert meta["size"] == os.path.getsize(os.path.join(backup, "epoch0002.weights.h5"))
     assert sorted(os.listdir(backup)) == sorted([METADATA_FILE, "epoch0002.weights.h5"])
     assert LEGACY_WEIGHTS_FILE not in os.listdir(backup)
 
