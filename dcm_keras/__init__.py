@@ -4,6 +4,7 @@ from dcm_keras import connections, losses, networks
 from dcm_keras.connections import PRESETS, Edge
 from dcm_keras.errors import UserError
 from dcm_keras.export import export_saved_model, load_network, save_network
+from dcm_keras.guards import NonFiniteLossError
 from dcm_keras.shipping import input_contract
 from dcm_keras.model import DCM, KDWarmup
 from dcm_keras.surgery import export_network
@@ -11,4 +12,5 @@ from dcm_keras.surgery import export_network
 __version__ = "0.1.0"
 
 __all__ = ["DCM", "KDWarmup", "Edge", "PRESETS", "connections", "losses", "networks", "export_network",
-           "export_saved_model", "input_contract", "load_network", "save_network", "UserError"]
+           "export_saved_model", "input_contract", "load_network", "save_network",
+           "NonFiniteLossError", "UserError"]

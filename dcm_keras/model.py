@@ -27,7 +27,7 @@ from keras import ops
 from dcm_keras import _keras_compat as compat
 from dcm_keras import connections as connections_lib
 from dcm_keras import losses as losses_lib
-from dcm_keras import monitoring, validation
+from dcm_keras import guards, monitoring, validation
 from dcm_keras.errors import UserError
 from dcm_keras.multi_worker import MultiWorkerFixes
 from dcm_keras.summary import print_summary
@@ -73,6 +73,7 @@ class DCM(MultiWorkerFixes, keras.Model):
         networks = list(networks)
         if not networks:
             raise UserError("DCM needs at least one network.")
+        guards.check_distinct(networks)  # the same model twice would share its weights
         heads = [network_heads(net) for net in networks]
         # Keyed by position as well as name: networks often share a name (two "wrn_16_2"s), and a
         # dict keyed by name alone would keep only the last one and let a mismatch through.
@@ -188,6 +189,8 @@ class DCM(MultiWorkerFixes, keras.Model):
         Also refuses data it can check cheaply (see `dcm_keras.validation`): in-memory labels
         outside `[0, num_classes)`, and training data that are empty. A `tf.data.Dataset` (which
         shuffles itself, as `data.load`'s do) is fitted with `shuffle=False` unless told otherwise.
+        Raises `NonFiniteLossError` at the first NaN or infinite loss, naming epoch and batch; no
+        epoch-end callback sees the diverged weights, which are left as they are (see `guards`).
         """
         self._check_data(x, y, "training")
         validation_data = kwargs.get("validation_data")
@@ -195,7 +198,7 @@ class DCM(MultiWorkerFixes, keras.Model):
             self._check_data(validation_data[0], validation_data[1], "validation")
         if "shuffle" not in kwargs and validation.is_tf_dataset(x):
             kwargs["shuffle"] = False  # it shuffles itself; Keras warns that True is ignored
-        callbacks = list(callbacks or [])
+        callbacks = guards.with_guard(list(callbacks or []))  # after the caller's own
         if self.kd_warmup_epochs and not any(isinstance(c, KDWarmup) for c in callbacks):
             callbacks.append(KDWarmup())
         steps = validation.StepCounter()
