@@ -221,7 +221,9 @@ def test_kd_mean_per_student(edges):
 
 
 def test_released_code_kl_agrees_to_1e6():
-    """The released code's KL (1e-8 added to both distributions, renormalised) vs log-softmax."""
+    """The released code's KL (1e-8 added to both distributions, renormalised) vs log-softmax,
+    to 1e-6 of the value: measured 1.1e-7 (1.3e-6 absolute on a sum of 18 edges near 11.4, as
+    close as float32 gets: the library is 1.0e-6 from the float64 sum of the exact KL)."""
     logits, labels = random_logits(6, scale=1.0), random_labels(6)
     edges = reference_edges("dense", HEADS)
     dcm = make_dcm(connections="dense")
@@ -233,7 +235,7 @@ def test_released_code_kl_agrees_to_1e6():
 
     released = sum(np.mean(np.sum(probs(logits[t]) * np.log(probs(logits[t]) / probs(logits[s])),
                                   axis=-1)) for s, t in edges)
-    assert kd == pytest.approx(released, abs=1e-5)
+    assert kd == pytest.approx(released, rel=1e-6)
 
 
 def test_mixed_precision_logits_are_computed_in_float32():
