@@ -37,7 +37,9 @@ def test_readme_api_example_runs(tmp_path):
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     accuracy = float(result.stdout.strip().splitlines()[-1])
-    assert 0.0 <= accuracy <= 1.0
+    # Better than chance (0.10 for 10 classes; +-0.013 on 512 images) after its 2 short epochs:
+    # measured 0.29 (2026-12-03, 2-core machine); the initialisation is not seeded.
+    assert 0.15 < accuracy <= 1.0, accuracy
     assert zipfile.is_zipfile(tmp_path / "net1.keras")  # the earlier file was replaced
     mean = json.loads(result.stdout.strip().splitlines()[-2])
     assert mean == pytest.approx(data.FASHION_MNIST_MEAN, rel=1e-9)  # the contract travelled
