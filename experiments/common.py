@@ -6,13 +6,10 @@ Kept free of TensorFlow imports so `compare.py` can read results without paying 
 from __future__ import annotations
 
 import contextlib
-import csv
 import errno
 import json
-import math
 import os
 import platform
-import re
 import shutil
 import statistics
 import tempfile
@@ -91,18 +88,6 @@ def replacing(path: str) -> Iterator[str]:
         raise
 
 
-def remove_stale_temporaries(directory: str, names: List[str]) -> None:
-    """Removes the temporary files that `replacing` made for `names` and a killed process left."""
-    patterns = []
-    for name in names:
-        stem, ext = _stem_and_extension(name)
-        patterns.append(re.compile(rf"\.{re.escape(stem)}\.[A-Za-z0-9_]{{8}}\.tmp{re.escape(ext)}"))
-    for entry in os.scandir(directory):
-        if entry.is_file(follow_symlinks=False) or entry.is_symlink():
-            if any(p.fullmatch(entry.name) for p in patterns):
-                os.remove(entry.path)
-
-
 def write_text(path: str, text: str) -> None:
     """Writes a text file atomically (see `replacing`)."""
     with replacing(path) as tmp:
@@ -142,30 +127,14 @@ def completed_results(model_dir: str) -> Optional[dict]:
 
 
 def read_history(path: str) -> List[dict]:
-    """Per-epoch rows of a Keras CSVLogger file, one per epoch (the last write wins).
-
-    A run killed between logging an epoch and backing it up re-runs that epoch after resuming,
-    so the file can hold an epoch twice; the later row belongs to the weights that were kept.
-    """
+    """Per-epoch rows of a history.csv file, one per epoch (the last write wins; see
+    `run_dir.parse_history`), or [] when there is none."""
     if not os.path.isfile(path):
         return []
-    rows: Dict[int, dict] = {}
+    from experiments.run_dir import parse_history  # it imports this module
+
     with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            if None in row or None in row.values():
-                continue  # too few or too many fields: a line cut short by a kill
-            try:
-                epoch = int(row.pop("epoch"))
-            except ValueError:
-                continue
-            parsed = {}
-            for key, value in row.items():
-                try:
-                    parsed[key] = float(value)
-                except (TypeError, ValueError):
-                    parsed[key] = math.nan
-            rows[epoch] = {"epoch": epoch, **parsed}
-    return [rows[e] for e in sorted(rows)]
+        return parse_history(f.read())
 
 
 def flag_differences(old: dict, new: dict) -> List[str]:

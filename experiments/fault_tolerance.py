@@ -161,7 +161,10 @@ def check_metadata(folder, meta: dict, epochs: Optional[int], identity: Optional
             (LEGACY_WEIGHTS_FILE,) if legacy else ()):
         raise CheckpointError(f"the backup metadata in {where} names the weights file {name!r}, "
                               f"not {weights_name(epoch)!r} of its epoch {epoch}{START_OVER}")
-    found = folder.checksum(name)
+    try:
+        found = folder.checksum(name)
+    except common.UserError as error:  # a link planted at the weights file's name
+        raise CheckpointError(f"{error}".split(" Remove it")[0] + START_OVER) from None
     if found is None:
         raise CheckpointError(f"the backup in {where} commits {name}, which is missing"
                               f"{START_OVER}")

@@ -174,3 +174,19 @@ def test_an_inconsistent_backup_is_refused(checkpoint, tmp_path, change, words):
     assert "pass --overwrite to train the run again from the start" in str(error.value)
     (copy / "training_metadata.json").write_text(json.dumps(meta))
     assert AtomicBackupAndRestore(str(copy), epochs=2, identity={"epochs": 2}).restore(model) == 2
+
+
+def test_a_weights_file_replaced_by_a_link_is_refused(checkpoint, tmp_path):
+    import shutil
+
+    from experiments.fault_tolerance import AtomicBackupAndRestore, CheckpointError
+
+    folder, model = checkpoint
+    copy = tmp_path / "backup"
+    shutil.copytree(folder, copy)
+    real = tmp_path / "elsewhere.weights.h5"
+    (copy / "epoch0002.weights.h5").rename(real)
+    (copy / "epoch0002.weights.h5").symlink_to(real)  # the same bytes, through a link
+    with pytest.raises(CheckpointError, match="epoch0002.weights.h5 is a symbolic link.*"
+                                              "pass --overwrite"):
+        AtomicBackupAndRestore(str(copy), epochs=2, identity={"epochs": 2}).restore(model)
