@@ -209,10 +209,24 @@ def _batch(spec):
 
 
 def _peak_worker(spec) -> None:
-    """Machine facts and the matmul peak of each dtype (GFLOP/s, best of several)."""
+    """Machine facts and the matmul peak of each dtype (GFLOP/s, best of several).
+
+    The first one builds `--net` once before measuring (the parent imports no TensorFlow): a
+    network that cannot be built is reported as a usage error before anything is measured.
+    """
     import keras
     import tensorflow as tf
 
+    from dcm_keras import UserError, networks
+
+    size = spec["image_size"]
+    try:
+        if spec.get("check_net"):
+            networks.build(spec["net"], spec["num_classes"], input_shape=(size, size, 3))
+            keras.backend.clear_session()
+    except UserError as error:
+        _emit("usage", error=f"--net={spec['net']}: {error}")
+        return
     gpus = tf.config.list_physical_devices("GPU")
     info = {"tensorflow": tf.__version__, "keras": keras.__version__,
             "gpus": [g.name for g in gpus], "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS")}
@@ -617,12 +631,15 @@ class Benchmark:
 
     def measure_peak(self) -> None:
         worker = Worker(self._spec(kind="peak", matmul_size=FLAGS.matmul_size,
-                                   matmul_repeats=FLAGS.matmul_repeats), self.log_dir, "peak")
+                                   matmul_repeats=FLAGS.matmul_repeats, check_net=not self.peaks),
+                        self.log_dir, "peak")
         try:
             message = worker.read()
         finally:
             worker.proc.stdin.close()
             worker.wait()
+        if message["event"] == "usage":
+            raise app.UsageError(message["error"])
         self.machine.update(message["info"])
         for dtype, value in message["peak_gflops"].items():
             if value is not None:

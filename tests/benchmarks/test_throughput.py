@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from benchmarks import throughput
+from dcm_keras.networks import list_networks
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -31,6 +32,18 @@ def test_forward_flops_counts_convolutions_and_dense():
     outputs = keras.layers.Dense(5)(x)  # 2*4*5
     model = keras.Model(inputs, outputs)
     assert throughput.forward_flops(model) == 2 * 8 * 8 * 27 * 4 + 2 * 4 * 5
+
+
+def test_an_unknown_net_is_one_usage_error_naming_valid_networks_before_measuring(tmp_path):
+    out = tmp_path / "result.json"
+    command = [sys.executable, "-m", "benchmarks.throughput", "--net=nope", "--matmul_size=16",
+               f"--output_json={out}"]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "--net=nope: Unknown network 'nope'. Valid names: " + ", ".join(list_networks()) + ".")
+    assert "matmul peak" not in proc.stderr and not out.exists()
 
 
 def test_tiny_end_to_end(tmp_path):
