@@ -169,7 +169,10 @@ def _worker():
                                 * (log_softmax(pred[t]) - log_softmax(pred[s])), -1))
                  for s in heads for t in heads if s.split("_")[0] != t.split("_")[0])
         wd = sum(float(l) for l in model.losses)
-        return {"ce_loss": ce, "kd_loss": kd, "wd_loss": wd, "loss": ce + kd + wd,
+        # evaluate's loss is the deployable networks' loss: the mean final-head cross-entropy.
+        loss = np.mean([np.mean(-log_softmax(pred[h])[np.arange(batch), y])
+                        for h in heads if h.endswith("_logits")])
+        return {"ce_loss": ce, "kd_loss": kd, "wd_loss": wd, "loss": loss,
                 "net1_logits_acc": float(np.mean(pred["net1_logits"].argmax(-1) == y))}
 
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
