@@ -7,11 +7,17 @@ Reads `/proc/self/status` (Linux) after importing TensorFlow, importing Keras an
 building the pair, and after training steps through Keras's `fit` (synthetic CIFAR-shaped
 batches, as `benchmarks.throughput`); VmHWM, the kernel's high-water mark, catches a peak inside a
 step. A flat RSS over later steps means the step's memory is live, not creeping.
+
+Its helpers `import_peak_rss_mb`, `above_import` and `compare_above_import` give
+`benchmarks.throughput --peer` (and `benchmarks.regression`) the peak RSS above the framework's
+import on both sides: ours above TensorFlow+Keras's, the peer's above `import torch`'s.
 """
 
 from __future__ import annotations
 
-from typing import Dict, List
+import os
+import subprocess
+from typing import Dict, List, Optional
 
 from absl import app, flags
 
@@ -29,6 +35,61 @@ def status_mib() -> Dict[str, float]:
             if key in ("VmRSS", "VmHWM", "RssAnon"):
                 values[key] = int(rest.split()[0]) / 1024
     return values
+
+
+def peak_rss_self_mb() -> float:
+    """This process's peak RSS so far (`ru_maxrss`), in MiB."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def import_peak_rss_mb(python: str, statement: str = "import torch", cwd: Optional[str] = None,
+                       env: Optional[dict] = None) -> float:
+    """Peak RSS (MiB) of a process that runs `statement` and nothing else: what a framework's
+    import costs before any model exists (the peer's baseline: `import torch`).
+
+    The process reports its own VmHWM (`/proc/self/status`, Linux): the `ru_maxrss` that
+    `os.wait4` gives also counts the pages of the parent it was forked from before its exec.
+    Where there is no /proc, `ru_maxrss` is used.
+    """
+    code = (f"{statement}\nimport re as _re\ntry:\n    print('@@VmHWM', _re.search("
+            "r'VmHWM:\\s*(\\d+)', open('/proc/self/status').read()).group(1))\n"
+            "except (OSError, AttributeError):\n    pass\n")
+    proc = subprocess.Popen([python, "-c", code], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=cwd,
+                            env=dict(os.environ) if env is None else env)
+    out, err = proc.stdout.read(), proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{python} -c {statement!r} failed ({proc.returncode}): "
+                           f"{err.strip()[-500:]}")
+    hwm = [line.split()[1] for line in out.splitlines() if line.startswith("@@VmHWM ")]
+    return int(hwm[-1]) / 1024 if hwm else usage.ru_maxrss / 1024
+
+
+def above_import(peak_mb: Optional[float], import_mb: Optional[float]) -> Optional[float]:
+    """Peak RSS above the framework's import (MiB): the memory the model and its step cost."""
+    if peak_mb is None or import_mb is None:
+        return None
+    return peak_mb - import_mb
+
+
+def compare_above_import(peer: dict) -> List[dict]:
+    """One entry per precision of ours in a `benchmarks.throughput --peer` result: our peak RSS
+    above TensorFlow+Keras's import against the peer's best mode of that precision above
+    torch's import, and whether ours exceeds the peer's (None where either is unknown)."""
+    entries = []
+    for row in peer.get("ours", []):
+        mode = row.get("best_peer_mode")
+        theirs = (peer.get("modes", {}).get(mode) or {}).get("rss_above_import_mb") if mode else None
+        ours = row.get("rss_above_import_mb")
+        entries.append({"precision": row["precision"], "ours_mb": ours, "peer_mode": mode,
+                        "peer_mb": theirs,
+                        "ours_exceeds_peer": None if ours is None or theirs is None
+                        else ours > theirs})
+    return entries
 
 
 def measure(net: str, batch: int, steps: int, report_every: int) -> List[dict]:

@@ -60,6 +60,7 @@ from absl import app, flags
 
 from benchmarks.machine import (cpu_info, refuse_existing_output, resolve_precision,
                                 write_new_json)
+from benchmarks.memory import above_import, compare_above_import, import_peak_rss_mb
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_PEER_SCRIPT = os.path.normpath(
@@ -124,6 +125,9 @@ flags.DEFINE_list("peer_modes", list(PEER_MODES),
                   "Modes of the peer (its 5th argument): fp32 (NCHW), fp32+cl (channels_last), "
                   "bf16 (torch.autocast), bf16+cl. Ours is compared with the best mode of each "
                   "precision.")
+flags.DEFINE_string("peer_import", "import torch",
+                    "Python statement run alone with --peer_python: its peak RSS is the peer's "
+                    "framework import, subtracted from the peer's peak RSS (memory above import).")
 flags.DEFINE_integer("peer_steps", 6, "Timed steps of each peer run (and of our windows then).",
                      lower_bound=1)
 flags.DEFINE_integer("peer_rounds", 4, "Rounds of (peer, ours float32, ours best), then a "
@@ -385,6 +389,9 @@ def _model_worker(spec) -> None:
     import numpy as np
     import tensorflow as tf
 
+    from benchmarks.memory import peak_rss_self_mb
+
+    import_rss_mb = peak_rss_self_mb()  # TensorFlow and Keras imported, nothing built yet
     from dcm_keras import DCM, networks
 
     _set_threads(spec)
@@ -444,7 +451,7 @@ def _model_worker(spec) -> None:
     timer.reset()
     run(spec["warmup"])
     _emit("ready", flops_per_image=flops, params=params,
-          startup_s=time.perf_counter() - build_start)
+          startup_s=time.perf_counter() - build_start, import_rss_mb=import_rss_mb)
 
     for line in sys.stdin:
         command = json.loads(line)
@@ -595,6 +602,21 @@ def mfu_peak(peaks: Dict[str, Optional[float]], precision: str) -> Optional[floa
     return max(candidates) if candidates else None
 
 
+def memory_lines(peer: dict) -> List[str]:
+    """Peak RSS above the framework's import, ours against the peer's best mode, per precision."""
+    ours_import = next((r.get("import_rss_mb") for r in peer["ours"]), None)
+    peer_import = next((m.get("import_rss_mb") for m in peer["modes"].values()), None)
+    lines = [f"Peak RSS above the framework's import (ours: TensorFlow+Keras, "
+             f"{_fmt(ours_import, '.0f')} MiB; peer: `{peer.get('peer_import', 'import torch')}`, "
+             f"{_fmt(peer_import, '.0f')} MiB):"]
+    for e in peer.get("memory_above_import") or compare_above_import(peer):
+        verdict = {True: "**ours exceeds the peer's**", False: "ours does not exceed the peer's",
+                   None: "not compared"}[e["ours_exceeds_peer"]]
+        lines.append(f"- {e['precision']}: ours {_fmt(e['ours_mb'], '.0f')} MiB, peer "
+                     f"({e['peer_mode'] or '-'}) {_fmt(e['peer_mb'], '.0f')} MiB: {verdict}.")
+    return lines
+
+
 def _median(values):
     values = [v for v in values if v is not None]
     return statistics.median(values) if values else None
@@ -685,6 +707,8 @@ class Benchmark:
             "mfu": flops * median / (peak * 1e9) if peak else None,
             "params": worker.ready["params"], "startup_s": worker.ready["startup_s"],
             "rss_mb": worker.rss_mb, "gpu_peak_mb": worker.done.get("gpu_peak_mb"),
+            "import_rss_mb": worker.ready.get("import_rss_mb"),
+            "rss_above_import_mb": above_import(worker.rss_mb, worker.ready.get("import_rss_mb")),
         }
         loss = [w.get("loss_graph_s") for w in worker.windows]
         if any(v is not None for v in loss):
@@ -809,6 +833,13 @@ class Benchmark:
             # Runs with 0 timed steps: the CPU time of each mode's start-up and 2 warm-up steps,
             # subtracted from the other runs' to get its CPU time per timed step.
             startup = {mode: peer(mode, 0) for mode in modes}
+            try:  # the peer's framework alone: its memory above import is measured from here
+                peer_import_mb = import_peak_rss_mb(
+                    FLAGS.peer_python, FLAGS.peer_import,
+                    cwd=os.path.dirname(os.path.abspath(FLAGS.peer_script)))
+            except RuntimeError as error:
+                peer_import_mb = None
+                self.notes.append(f"The peer's import was not measured: {error}")
             # Every round runs each peer mode once, then one window of each of ours, so every
             # window of ours has a run of every peer mode just before and just after it.
             for round_index in range(FLAGS.peer_rounds + 1):
@@ -834,9 +865,12 @@ class Benchmark:
                 "images_per_s": _median([r["images_per_s"] for r in runs[mode]]),
                 "images_per_cpu_s": (len(runs[mode]) * FLAGS.peer_steps * FLAGS.batch_size
                                      / timed_cpu) if timed_cpu > 0 else None,
-                "rss_mb": max(r["rss_mb"] for r in runs[mode])}
+                "rss_mb": max(r["rss_mb"] for r in runs[mode]), "import_rss_mb": peer_import_mb,
+                "rss_above_import_mb": above_import(max(r["rss_mb"] for r in runs[mode]),
+                                                    peer_import_mb)}
         result = {"depth": depth, "width": width, "steps": FLAGS.peer_steps,
-                  "comparable": comparable, "modes": per_mode, "ours": []}
+                  "comparable": comparable, "modes": per_mode, "ours": [],
+                  "peer_import": FLAGS.peer_import}
 
         def paired(windows: List[dict], mode: str) -> List[float]:
             rates = [r["images_per_s"] for r in runs[mode]]
@@ -861,6 +895,7 @@ class Benchmark:
             if naive is not None:
                 row["ratio_vs_naive_peer"] = _median(paired(worker.windows, naive))
             result["ours"].append(row)
+        result["memory_above_import"] = compare_above_import(result)
         self.peer = result
 
     # --- report ------------------------------------------------------------------------------
@@ -976,8 +1011,8 @@ class Benchmark:
                      f"AVX512-BF16 {self._has('avx512_bf16')}.", "",
                  "| | mode / precision | XLA | images/s (median) | vs best peer mode of the "
                  "precision (paired median) | ratio of medians | vs peer fp32 NCHW (naive) "
-                 "| images/CPU-s | MFU | peak RSS MiB |",
-                 "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+                 "| images/CPU-s | MFU | peak RSS MiB | above import MiB |",
+                 "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for mode, m in modes.items():
             best = best_peer_mode(modes, m["precision"]) == mode
             peak = mfu_peak(self.peaks, m["precision"])
@@ -986,7 +1021,8 @@ class Benchmark:
             lines.append(f"| peer | {mode}{' (best)' if best else ''} | - | "
                          f"{m['images_per_s']:.1f} | {'1.00' if best else '-'} | - | - "
                          f"| {_fmt(m.get('images_per_cpu_s'))} "
-                         f"| {_fmt(mfu and 100 * mfu, '.0f', '%')} | {m['rss_mb']:.0f} |")
+                         f"| {_fmt(mfu and 100 * mfu, '.0f', '%')} | {m['rss_mb']:.0f} "
+                         f"| {_fmt(m.get('rss_above_import_mb'), '.0f')} |")
         for r in p["ours"]:
             lines.append(
                 f"| ours | {r['precision']} | {'on' if r['xla'] else 'off'} "
@@ -994,7 +1030,9 @@ class Benchmark:
                 f"(vs {r.get('best_peer_mode') or '-'}) "
                 f"| {_fmt(r.get('ratio_of_medians'), '.2f')} "
                 f"| {_fmt(r.get('ratio_vs_naive_peer'), '.2f')} | {r['images_per_cpu_s']:.1f} "
-                f"| {_fmt(r['mfu'] and 100 * r['mfu'], '.0f', '%')} | {_fmt(r['rss_mb'], '.0f')} |")
+                f"| {_fmt(r['mfu'] and 100 * r['mfu'], '.0f', '%')} | {_fmt(r['rss_mb'], '.0f')} "
+                f"| {_fmt(r.get('rss_above_import_mb'), '.0f')} |")
+        lines += [""] + memory_lines(p)
         lines += ["", "images/CPU-s: images per second of CPU time the process used (all "
                       "threads), a measure of work that load from other processes barely "
                       "moves; the peer's excludes its start-up and warm-up (a 0-step run). "
@@ -1050,6 +1088,7 @@ class Benchmark:
                     "net", "num_classes", "batch_size", "image_size", "precisions", "xla",
                     "windows", "steps_per_window", "warmup", "configs", "interleave", "bn",
                     "inter_op_threads", "intra_op_threads", "peer", "peer_modes", "peer_steps", "peer_rounds",
+                    "peer_import",
                     "peer_xla", "accuracy", "accuracy_dataset", "accuracy_examples",
                     "accuracy_epochs", "accuracy_lr")},
                 "command": " ".join(sys.argv), "results": self.rows,
