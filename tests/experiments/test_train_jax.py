@@ -54,7 +54,9 @@ def test_trains_and_records_the_backend(jax_run):
     assert [row["val_net1_logits_acc"] is None for row in history] == [True, False, True]
     for net in ("net1", "net2"):
         error = results["networks"][net]["test_error"]["logits"]
-        assert 0.0 <= error < 90.0, error  # finite, and better than chance after 3 epochs
+        # Better than chance (90 % +- 2.1 on 200 images) after 3 epochs: measured 78.5 and
+        # 74.5 % (2026-12-03).
+        assert 0.0 <= error < 85.0, error
     assert [round(row["learning_rate"], 4) for row in history] == [0.05, 0.05, 0.01]
 
 
@@ -76,8 +78,9 @@ def test_export_loads_on_tensorflow_with_the_same_test_error(jax_run):
         net(pixels(x), training=False)), -1) for x, _ in ds])
     labels = np.concatenate([y.numpy() for _, y in ds])
     error = 100.0 * np.mean(predictions != labels)
-    # Same weights, same test images; another backend's arithmetic may flip a borderline one.
-    assert abs(error - results["networks"]["net1"]["test_error"]["logits"]) <= 1.0
+    # Same weights, same test images: measured equal (78.5 %), but another backend's arithmetic
+    # may flip one borderline image (the closest top-2 logits there were 9e-5 apart): 1 of 200.
+    assert abs(error - results["networks"]["net1"]["test_error"]["logits"]) <= 0.5
 
 
 def test_rerun_is_a_no_op(jax_run):
