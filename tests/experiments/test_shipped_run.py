@@ -54,9 +54,11 @@ def test_bf16_run_ships_a_float32_raw_pixel_network(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     shipped = json.loads(out.stdout.strip().splitlines()[-1])
     assert shipped["policies"] == ["float32"]
-    # Training evaluated in bfloat16, the file computes in float32: a few borderline images may
-    # change class, nothing more (raw pixels into a bare network gave 77 % against 33 %).
-    assert abs(shipped["error"] - reported) <= 1.0, (shipped["error"], reported)
+    # Training evaluated in bfloat16, the file computes in float32: measured equal (83.0 % on
+    # 2026-12-03), but a borderline image may change class; two of 300 at most (raw pixels into
+    # a bare network gave 77 % against 33 %).
+    assert abs(shipped["error"] - reported) <= 100.0 * 2 / TEST_EXAMPLES + 1e-9, \
+        (shipped["error"], reported)
 
     evaluation = run("evaluate", f"--model={model_dir / 'net1.keras'}", "--dataset=fashion_mnist",
                      f"--max_examples={TEST_EXAMPLES}", f"--output={tmp_path / 'eval.json'}")
