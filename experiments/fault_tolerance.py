@@ -163,8 +163,9 @@ def check_metadata(folder, meta: dict, epochs: Optional[int], identity: Optional
                               f"not {weights_name(epoch)!r} of its epoch {epoch}{START_OVER}")
     try:
         found = folder.checksum(name)
-    except common.UserError as error:  # a link planted at the weights file's name
-        raise CheckpointError(f"{error}".split(" Remove it")[0] + START_OVER) from None
+    except common.UserError:  # a link planted at the weights file's name
+        raise CheckpointError(f"the backup weights {os.path.join(where, name)} are a symbolic "
+                              f"link, not the file committed{START_OVER}") from None
     if found is None:
         raise CheckpointError(f"the backup in {where} commits {name}, which is missing"
                               f"{START_OVER}")

@@ -187,6 +187,6 @@ def test_a_weights_file_replaced_by_a_link_is_refused(checkpoint, tmp_path):
     real = tmp_path / "elsewhere.weights.h5"
     (copy / "epoch0002.weights.h5").rename(real)
     (copy / "epoch0002.weights.h5").symlink_to(real)  # the same bytes, through a link
-    with pytest.raises(CheckpointError, match="epoch0002.weights.h5 is a symbolic link.*"
+    with pytest.raises(CheckpointError, match="epoch0002.weights.h5 are a symbolic link.*"
                                               "pass --overwrite"):
         AtomicBackupAndRestore(str(copy), epochs=2, identity={"epochs": 2}).restore(model)
