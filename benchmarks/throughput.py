@@ -39,6 +39,10 @@ Every timed row also reports images per CPU-second (user + system time of all th
 threads): a measure of the work a step costs that load from other processes barely moves, unlike
 images/s. The peer's is taken from its process's rusage less that of a run with 0 timed steps.
 
+The peer phase also reports peak RSS above the framework's import on both sides: our worker's
+peak less its peak right after importing TensorFlow and Keras, the peer's less that of a process
+that only runs `--peer_import` (`import torch`), and whether ours exceeds the peer's per precision.
+
 `--accuracy` adds a short real-data run (default: Fashion-MNIST, 12,800 examples x 2 epochs) of the
 DCM pair in float32 and in the best precision from the same seed, and compares test accuracy.
 """
