@@ -1,0 +1,142 @@
+"""The run directory's promises through the command line, tried as a hostile user would (issue 20):
+
+1. `backup/` replaced by a link to an outside folder while the run trains: the run stops with
+   one error line, and nothing in the outside folder is written or deleted;
+2. a tampered `backup/training_metadata.json` (an epoch the run does not have) is refused with
+   one line; `--overwrite` trains the run again from the start;
+3. a second process on the same `--model_dir` stops at once, naming the first one's PID;
+4. `history.csv` replaced by a link while the run trains: the run warns, rewrites it whole, and
+   results.json holds every epoch and a real wall time;
+5. `--overwrite` (here the restart of 2) leaves the user's own files in `logs/` and `backup/`.
+
+The runs of 1, 2 and 4 train at the same time (TINY_TRAIN_FLAGS on an image folder).
+"""
+
+import json
+import os
+import shutil
+
+import pytest
+
+from cli_helpers import Watched, message_lines, one_line_error, tiny_train
+
+pytestmark = pytest.mark.requires_tensorflow("experiment scripts are tested on TensorFlow")
+TIMEOUT = 400  # a loaded 2-core machine takes minutes to start three TensorFlow runs
+
+
+def _outcome(process):
+    return process.proc.returncode, message_lines(process.stderr)
+
+
+def _user_files(folder):
+    folder.mkdir()
+    (folder / "important.weights.h5").write_text("the user's weights")
+    (folder / "notes.tmp").write_text("the user's notes")
+    return {"important.weights.h5": "the user's weights", "notes.tmp": "the user's notes"}
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory, small_folder):
+    root = tmp_path_factory.mktemp("hostile")
+    pause = {"DCM_DEBUG_PAUSE": "epoch_end@1:45"}
+    outside = root / "outside"
+    kept = _user_files(outside)
+    linked = Watched(*tiny_train(small_folder, root / "linked", "--epochs=2"), extra_env=pause)
+    history = Watched(*tiny_train(small_folder, root / "history", "--epochs=2"), extra_env=pause)
+    # Killed after epoch 2 is backed up, during the export (the backup then holds both epochs).
+    tampered = Watched(*tiny_train(small_folder, root / "tampered", "--epochs=2"),
+                       extra_env={"DCM_DEBUG_PAUSE": "export:300"})
+    out = {"root": root, "outside": outside, "kept": kept}
+    try:
+        linked.wait_for("[debug] pause at epoch_end (epoch 1)", TIMEOUT)
+        backup = root / "linked" / "backup"
+        shutil.rmtree(backup)
+        backup.symlink_to(outside)
+
+        history.wait_for("[debug] pause at epoch_end (epoch 1)", TIMEOUT)
+        csv_path = root / "history" / "history.csv"
+        csv_path.unlink()
+        (root / "victim.csv").write_text("the user's csv")
+        csv_path.symlink_to(root / "victim.csv")
+        second = Watched(*tiny_train(small_folder, root / "history", "--epochs=2"))
+        out["second"] = (second.finish(TIMEOUT), message_lines(second.stderr))
+
+        out["linked"] = (linked.finish(TIMEOUT), linked)
+        out["history"] = (history.finish(TIMEOUT), history)
+        results = root / "history" / "results.json"
+        out["history_results"] = json.loads(results.read_text()) if results.exists() else None
+        tampered.wait_for("[debug] pause at export", TIMEOUT)
+        tampered.kill()
+        meta_path = root / "tampered" / "backup" / "training_metadata.json"
+        meta = json.loads(meta_path.read_text())
+        out["committed"] = meta["epoch"]
+        meta_path.write_text(json.dumps({**meta, "epoch": 99}))
+        rerun = Watched(*tiny_train(small_folder, root / "tampered", "--epochs=2"))
+        out["tampered"] = (rerun.finish(TIMEOUT), rerun)
+
+        # 5: the user's own files in logs/ and backup/ survive the --overwrite that starts over.
+        mine = {"logs/mine.txt": "m", "logs/train/mine.txt": "m", "backup/mine.txt": "m",
+                "backup/notes.tmp": "n", "notes.txt": "n"}
+        for name, text in mine.items():
+            (root / "tampered" / name).write_text(text)
+        out["mine"] = mine
+        restart = Watched(*tiny_train(small_folder, root / "tampered", "--epochs=2",
+                                      "--overwrite"))
+        out["restart"] = (restart.finish(TIMEOUT), restart)
+        yield out
+    finally:
+        for process in (linked, history, tampered):
+            process.kill()
+
+
+def test_a_backup_folder_replaced_by_a_link_is_refused_and_not_followed(hostile):
+    code, process = hostile["linked"]
+    error = one_line_error((code, message_lines(process.stderr)))
+    assert "backup was replaced while the run was writing to it" in error, error
+    assert "symbolic link" in error and "refusing to write through it" in error
+    outside = hostile["outside"]
+    assert sorted(p.name for p in outside.iterdir()) == sorted(hostile["kept"])
+    for name, text in hostile["kept"].items():
+        assert (outside / name).read_text() == text
+
+
+def test_a_tampered_backup_is_refused_and_overwrite_starts_over(hostile):
+    assert hostile["committed"] == 2
+    code, process = hostile["tampered"]
+    error = one_line_error((code, message_lines(process.stderr)))
+    assert "claims 99 finished epochs, but the run has 2" in error and "--overwrite" in error
+    assert "exporting from the backup" not in process.stdout
+    code, process = hostile["restart"]
+    assert code == 0, process.describe()
+    assert "training the run again from the start" in process.stdout
+    assert "Epoch 1/2" in process.stdout
+    results = json.loads((hostile["root"] / "tampered" / "results.json").read_text())
+    assert results["resumed_at_epoch"] == 0 and len(results["history"]) == 2
+
+
+def test_a_second_process_on_the_same_folder_stops_naming_the_first(hostile):
+    error = one_line_error(hostile["second"])
+    pid = hostile["history"][1].proc.pid
+    assert f"is in use by another run (process {pid})" in error
+
+
+def test_history_replaced_by_a_link_is_rewritten_with_a_warning(hostile):
+    code, process = hostile["history"]
+    assert code == 0, process.describe()
+    assert "history.csv was replaced or removed during the run" in process.stdout
+    root = hostile["root"]
+    assert (root / "victim.csv").read_text() == "the user's csv"
+    results = hostile["history_results"]
+    assert [row["epoch"] for row in results["history"]] == [0, 1]
+    assert results["wall_time_s"] > 0
+
+
+def test_overwrite_keeps_the_users_files_in_logs_and_backup(hostile):
+    code, process = hostile["restart"]
+    assert code == 0, process.describe()
+    folder = hostile["root"] / "tampered"
+    for name, text in hostile["mine"].items():
+        assert (folder / name).read_text() == text, name
+    assert sorted(p.name for p in (folder / "backup").iterdir()) == ["mine.txt", "notes.tmp"]
+    events = os.listdir(folder / "logs" / "train")
+    assert "mine.txt" in events and len(events) == 2  # the replaced run's event file is gone
