@@ -311,7 +311,11 @@ def test_data_parallel_matches_a_single_device_run(tmp_path):
     assert result["batch_sharding"] == {"spec": ["batch", "None", "None", "None"], "devices": 2}, \
         result["batch_sharding"]
     assert result["max_weight_change"] > 1e-2  # training did move the weights
-    assert result["max_weight_diff"] < 1e-5, result["max_weight_diff"]
+    # Float32 sums in another order (two devices' halves, then an all-reduce) drift apart over
+    # 16 momentum steps: 2.4e-5 measured on a 2-core AMD EPYC without AVX-512 (2026-12-03), under
+    # 1e-5 on an Intel Xeon. A wrong reduction (summed instead of averaged gradients, or a
+    # replica's half left out) moves the weights by the order of the training itself (> 1e-2).
+    assert result["max_weight_diff"] < 1e-4, result["max_weight_diff"]
     for name, values in result["single_history"].items():
         np.testing.assert_allclose(result["parallel_history"][name], values, rtol=1e-5,
                                    err_msg=name)
