@@ -81,9 +81,9 @@ def test_two_workers_train_identically_resume_and_only_the_chief_writes(small_fo
         np.testing.assert_allclose(a[name], b[name], rtol=0, atol=1e-6, err_msg=name)
 
     # Only the chief wrote the run; the worker's scratch folder was removed.
-    assert sorted(os.listdir(model_dir)) == [
-        "flagfile.txt", "flags.json", "history.csv", "logs", "net1.keras", "net2.keras",
-        "results.json", "test_error.png"]
+    assert sorted(os.listdir(model_dir)) == [  # the manifest lists what the chief wrote
+        ".dcm_manifest.json", "flagfile.txt", "flags.json", "history.csv", "logs", "net1.keras",
+        "net2.keras", "results.json", "test_error.png"]
     assert set(os.listdir(tmp_root)) == leftovers
     from dcm_keras import load_network
 

@@ -15,6 +15,7 @@ The runs of 1, 2 and 4 train at the same time (TINY_TRAIN_FLAGS on an image fold
 import json
 import os
 import shutil
+import time
 
 import pytest
 
@@ -35,29 +36,45 @@ def _user_files(folder):
     return {"important.weights.h5": "the user's weights", "notes.tmp": "the user's notes"}
 
 
+def _act_on_pauses(actions):
+    """Runs each process's action as soon as it prints its epoch-1 pause line."""
+    deadline = time.monotonic() + TIMEOUT
+    while actions:
+        for process in list(actions):
+            if "[debug] pause at epoch_end (epoch 1)" in process.stdout:
+                actions.pop(process)()
+            elif process.proc.poll() is not None:
+                raise AssertionError(f"exited before its pause\n{process.describe()}")
+        assert time.monotonic() < deadline, "no pause within the time limit"
+        time.sleep(0.2)
+
+
 @pytest.fixture(scope="module")
 def hostile(tmp_path_factory, small_folder):
     root = tmp_path_factory.mktemp("hostile")
-    pause = {"DCM_DEBUG_PAUSE": "epoch_end@1:45"}
+    pause = {"DCM_DEBUG_PAUSE": "epoch_end@1:60"}
     outside = root / "outside"
     kept = _user_files(outside)
     linked = Watched(*tiny_train(small_folder, root / "linked", "--epochs=2"), extra_env=pause)
     history = Watched(*tiny_train(small_folder, root / "history", "--epochs=2"), extra_env=pause)
-    # Killed after epoch 2 is backed up, during the export (the backup then holds both epochs).
-    tampered = Watched(*tiny_train(small_folder, root / "tampered", "--epochs=2"),
+    # A one-epoch run killed during the export (its backup then holds the epoch).
+    tampered = Watched(*tiny_train(small_folder, root / "tampered"),
                        extra_env={"DCM_DEBUG_PAUSE": "export:300"})
     out = {"root": root, "outside": outside, "kept": kept}
     try:
-        linked.wait_for("[debug] pause at epoch_end (epoch 1)", TIMEOUT)
-        backup = root / "linked" / "backup"
-        shutil.rmtree(backup)
-        backup.symlink_to(outside)
+        def plant_backup_link():
+            backup = root / "linked" / "backup"
+            shutil.rmtree(backup)
+            backup.symlink_to(outside)
 
-        history.wait_for("[debug] pause at epoch_end (epoch 1)", TIMEOUT)
-        csv_path = root / "history" / "history.csv"
-        csv_path.unlink()
-        (root / "victim.csv").write_text("the user's csv")
-        csv_path.symlink_to(root / "victim.csv")
+        def plant_history_link():
+            csv_path = root / "history" / "history.csv"
+            csv_path.unlink()
+            (root / "victim.csv").write_text("the user's csv")
+            csv_path.symlink_to(root / "victim.csv")
+
+        # Each link is planted as soon as its run pauses (whichever pauses first).
+        _act_on_pauses({linked: plant_backup_link, history: plant_history_link})
         second = Watched(*tiny_train(small_folder, root / "history", "--epochs=2"))
         out["second"] = (second.finish(TIMEOUT), message_lines(second.stderr))
 
@@ -71,7 +88,7 @@ def hostile(tmp_path_factory, small_folder):
         meta = json.loads(meta_path.read_text())
         out["committed"] = meta["epoch"]
         meta_path.write_text(json.dumps({**meta, "epoch": 99}))
-        rerun = Watched(*tiny_train(small_folder, root / "tampered", "--epochs=2"))
+        rerun = Watched(*tiny_train(small_folder, root / "tampered"))
         out["tampered"] = (rerun.finish(TIMEOUT), rerun)
 
         # 5: the user's own files in logs/ and backup/ survive the --overwrite that starts over.
@@ -80,8 +97,7 @@ def hostile(tmp_path_factory, small_folder):
         for name, text in mine.items():
             (root / "tampered" / name).write_text(text)
         out["mine"] = mine
-        restart = Watched(*tiny_train(small_folder, root / "tampered", "--epochs=2",
-                                      "--overwrite"))
+        restart = Watched(*tiny_train(small_folder, root / "tampered", "--overwrite"))
         out["restart"] = (restart.finish(TIMEOUT), restart)
         yield out
     finally:
@@ -101,17 +117,16 @@ def test_a_backup_folder_replaced_by_a_link_is_refused_and_not_followed(hostile)
 
 
 def test_a_tampered_backup_is_refused_and_overwrite_starts_over(hostile):
-    assert hostile["committed"] == 2
+    assert hostile["committed"] == 1
     code, process = hostile["tampered"]
     error = one_line_error((code, message_lines(process.stderr)))
-    assert "claims 99 finished epochs, but the run has 2" in error and "--overwrite" in error
+    assert "claims 99 finished epochs, but the run has 1" in error and "--overwrite" in error
     assert "exporting from the backup" not in process.stdout
     code, process = hostile["restart"]
     assert code == 0, process.describe()
     assert "training the run again from the start" in process.stdout
-    assert "Epoch 1/2" in process.stdout
     results = json.loads((hostile["root"] / "tampered" / "results.json").read_text())
-    assert results["resumed_at_epoch"] == 0 and len(results["history"]) == 2
+    assert results["resumed_at_epoch"] == 0 and len(results["history"]) == 1
 
 
 def test_a_second_process_on_the_same_folder_stops_naming_the_first(hostile):
