@@ -72,6 +72,8 @@ def hostile(tmp_path_factory, small_folder):
             csv_path.unlink()
             (root / "victim.csv").write_text("the user's csv")
             csv_path.symlink_to(root / "victim.csv")
+            # On a loaded machine the output can lag: was the run still in its pause?
+            out["planted_in_pause"] = "Epoch 2/2" not in history.stdout
 
         # Each link is planted as soon as its run pauses (whichever pauses first).
         _act_on_pauses({linked: plant_backup_link, history: plant_history_link})
@@ -138,9 +140,11 @@ def test_a_second_process_on_the_same_folder_stops_naming_the_first(hostile):
 def test_history_replaced_by_a_link_is_rewritten_with_a_warning(hostile):
     code, process = hostile["history"]
     assert code == 0, process.describe()
-    assert "history.csv was replaced or removed during the run" in process.stdout
+    warned = "history.csv was replaced or removed during the run" in process.stdout
+    assert warned or not hostile["planted_in_pause"], process.describe()
     root = hostile["root"]
     assert (root / "victim.csv").read_text() == "the user's csv"
+    assert not (root / "history" / "history.csv").is_symlink() or not warned
     results = hostile["history_results"]
     assert [row["epoch"] for row in results["history"]] == [0, 1]
     assert results["wall_time_s"] > 0
