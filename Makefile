@@ -13,7 +13,8 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,onnx]'
+	@# setuptools warns about editable installs on every set-up even with -q; the warning is noise here
+	PYTHONWARNINGS='ignore:Editable installation' $(PY) -m pip install -q -e '.[test,onnx]'
 	@touch $@
 
 # Fashion-MNIST (real data) comes from Debian's dataset-fashion-mnist package.

@@ -82,6 +82,8 @@ FLAGS = flags.FLAGS
 
 
 # The keys a comparison config may have.
+# The measured study every comparison's table is read against (CIFAR-10 first, then Fashion-MNIST).
+ACCURACY_GUIDE = "docs/accuracy.md"
 CONFIG_KEYS = ("name", "description", "note", "rows", "methods", "seeds", "train_flags")
 # What compare.py sets for each run; a config may set only the other run flags of train.py
 # (an allow-list: `flagfile`, say, could otherwise point a run at another --model_dir).
@@ -574,7 +576,12 @@ def compare(config: dict, work_dir: str, jobs: int = 1, no_train: bool = False) 
     print(table)
     if config.get("note"):
         print(config["note"])
-    print(f"Table, JSON and plot in {out_dir} ({time.perf_counter() - start:.0f}s).")
+    print(f"Table:       {os.path.join(out_dir, 'table.md')} (and table.json)")
+    if rows:
+        print(f"Plot:        {os.path.join(out_dir, 'comparison.png')}")
+    print(f"TensorBoard: tensorboard --logdir {out_dir}")
+    print(f"Where DCM helps, on natural images too: {ACCURACY_GUIDE}")
+    print(f"Done in {time.perf_counter() - start:.0f}s.")
     return len(failed)
 
 
