@@ -549,6 +549,12 @@ class HistoryFile:
         self.folder.write_text(self.name, history_text(self.rows))
         self._written = self.folder.lstat(self.name)
 
+    def complete_rows(self) -> List[dict]:
+        """The rows with every key of any epoch, NaN where an epoch has none (as history.csv's
+        NA): epochs without evaluation still carry the `val_*` keys."""
+        keys = sorted({k for row in self.rows for k in row})
+        return [{k: row.get(k, math.nan) for k in keys} for row in self.rows]
+
 
 # --- opening --model_dir for a training run -------------------------------------------------------
 

@@ -721,7 +721,7 @@ def _fit_and_report(run: Run, process_start: float) -> int:
     if debug_dir:  # a test hook (see the module docstring)
         dcm.save_weights(os.path.join(debug_dir, f"{run.task.type}_{run.task.index}.weights.h5"))
 
-    history = history.rows if run.task.chief else []
+    history = history.complete_rows() if run.task.chief else []
     if config.distribute == "multi_worker":
         # Every worker must take the same branch (evaluate is a collective), so decide on what
         # all of them know: whether this process trained the final epoch.
