@@ -40,7 +40,7 @@ test: venv data
 	KERAS_BACKEND=jax TF_CPP_MIN_LOG_LEVEL=3 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope -m core tests
 
 demo: venv data
-	TF_CPP_MIN_LOG_LEVEL=3 $(PY) -m experiments.compare --preset=demo --work_dir=$(WORK_DIR)/demo
+	TF_CPP_MIN_LOG_LEVEL=3 $(PY) -m experiments.compare --preset=demo --jobs=2 --work_dir=$(WORK_DIR)/demo
 
 benchmark: venv
 	TF_CPP_MIN_LOG_LEVEL=3 $(PY) -m benchmarks.throughput --peer
