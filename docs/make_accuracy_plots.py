@@ -40,6 +40,11 @@ REPLICATION = "fmnist_n1024_e200_cpu"
 # Sequential runs (one at a time on the GPU): the training-time multiples.
 METHODS = ["baseline", "dsn", "dml", "dcm", "same_stage", "cross_stage"]
 FASHION_TRAIN = 60_000
+# CIFAR-10 (2-core CPU, TensorFlow, all 10,000 test images): the WRN-16-1 pair's budgets, from
+# the fitted one to the larger, and the heterogeneous pair at the fitted budget's flags.
+CIFAR_SWEEP = ["cifar10_n500_e100", "cifar10_n2000_e50"]
+CIFAR_HETERO = ["cifar10_n500_e100_hetero"]
+CIFAR_METHODS = ["baseline", "dml", "dcm"]
 
 
 def load(name):
@@ -122,6 +127,77 @@ def ablation_table(reference, ablations):
     return "\n".join(lines)
 
 
+def network_margin(table, method, net):
+    """A method's error minus the baseline's for one network, with the spread it is judged by.
+
+    The same rule as experiments/compare.py: beyond the spread when the difference exceeds the
+    larger of the two sample standard deviations over seeds.
+    """
+    rows = {r["method"]: r for r in table["rows"]}
+    if "baseline" not in rows or method not in rows:
+        return None
+    a, b = rows[method]["test_error"][net], rows["baseline"]["test_error"][net]
+    if a.get("std") is None or b.get("std") is None:
+        return a["mean"] - b["mean"], None
+    return a["mean"] - b["mean"], max(a["std"], b["std"])
+
+
+def _margin_text(m):
+    if m is None:
+        return ""
+    d, spread = m
+    if spread is None:
+        return f"{d:+.2f} (no spread)"
+    return f"{d:+.2f} ({'beyond' if abs(d) > spread else 'within'} {spread:.2f})"
+
+
+def cifar_table(tables):
+    """Per-network errors, each method against the baseline and the spread, fit and time."""
+    lines = ["| budget (images x epochs) | networks | method | net1 error (%) | net2 error (%) | "
+             "net1 − baseline (spread) | net2 − baseline (spread) | train acc net1 / net2 (%) | "
+             "time x baseline | n |", "|" + "---|" * 10]
+    for _, table in tables:
+        for row in table["rows"]:
+            method = row["method"]
+            e1, e2 = row["test_error"]["net1"], row["test_error"]["net2"]
+            acc = row.get("train_accuracy") or {}
+            acc_text = " / ".join(f"{acc[n]['mean']:.1f}" for n in ("net1", "net2") if n in acc)
+            t = row.get("time_vs_baseline")
+            std = lambda e: "" if e.get("std") is None else f" ± {e['std']:.2f}"  # noqa: E731
+            lines.append(
+                f"| {budget_label(table).replace(chr(10), ' ')} | {' / '.join(row['nets'])} "
+                f"| {method} | {e1['mean']:.2f}{std(e1)} | {e2['mean']:.2f}{std(e2)} "
+                f"| {_margin_text(network_margin(table, method, 'net1')) if method != 'baseline' else ''} "
+                f"| {_margin_text(network_margin(table, method, 'net2')) if method != 'baseline' else ''} "
+                f"| {acc_text} | {f'{t:.2f}' if t else ''} | {len(row['seeds'])} |")
+    return "\n".join(lines)
+
+
+def plot_cifar(plt, tables, path):
+    """CIFAR-10: each network's test error against the budget, one line per method."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    labels = [budget_label(t) for _, t in tables]
+    for ax, net in zip(axes, ("net1", "net2")):
+        for i, method in enumerate(CIFAR_METHODS):
+            pts = [(x, {r["method"]: r for r in t["rows"]}.get(method))
+                   for x, (_, t) in enumerate(tables)]
+            pts = [(x + (i - 1) * 0.04, r["test_error"][net]) for x, r in pts if r]
+            if pts:
+                ax.errorbar([x for x, _ in pts], [e["mean"] for _, e in pts],
+                            yerr=[e.get("std") or 0.0 for _, e in pts], marker="o", capsize=3,
+                            label=method, color=f"C{i}")
+        ax.set_xticks(range(len(labels)), labels)
+        ax.set_xlim(-0.5, len(labels) - 0.5)
+        ax.set_xlabel("training images x epochs")
+        ax.set_title(f"CIFAR-10, WRN-16-1 pair: {net}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel("test error (%), mean ± std over seeds")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
 def plot_factors(plt, ref, ablations, path):
     rows = [("baseline", per_method(ref)["baseline"]), ("DCM (paper)", per_method(ref)["dcm"])]
     rows += [(label, per_method(t)["dcm"]) for label, t in ablations]
@@ -189,8 +265,15 @@ def main():
 
     tables = [(n, t) for n in SWEEP if (t := load(n)) is not None]
     gpu = [(n, t) for n in SWEEP_GPU if (t := load(n)) is not None]
-    if not tables and not gpu:
+    cifar = [(n, t) for n in CIFAR_SWEEP if (t := load(n)) is not None]
+    hetero = [(n, t) for n in CIFAR_HETERO if (t := load(n)) is not None]
+    if not tables and not gpu and not cifar:
         sys.exit(f"no results in {RESULTS}")
+    if cifar:
+        plot_cifar(plt, cifar, os.path.join(HERE, "accuracy_cifar10_error_vs_budget.png"))
+        print("## CIFAR-10 (CPU)\n")
+        print(cifar_table(cifar + hetero))
+        print()
     stages = load(STAGES)
     ablations = [(label, t) for n, label in ABLATIONS if (t := load(n)) is not None]
     ablations_gpu = [(label, t) for n, label in ABLATIONS_GPU if (t := load(n)) is not None]
