@@ -76,6 +76,17 @@ def link_error(path: str, target: str) -> UserError:
                      "Remove it, or choose another folder.")
 
 
+def open_no_follow(dir_fd: int, dir_path: str, name: str, flags: int) -> int:
+    """`name` in the folder `dir_fd` opened with O_NOFOLLOW; a link there is one clear error."""
+    try:
+        return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dir_fd)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise link_error(os.path.join(dir_path, name),
+                             os.readlink(name, dir_fd=dir_fd)) from None
+        raise
+
+
 class Folder:
     """A folder held open: every operation is relative to its descriptor and follows no link."""
 
@@ -305,14 +316,7 @@ class RunDirectory(Folder):
 
     def _take_lock(self) -> None:
         for _ in range(10):
-            try:
-                fd = os.open(LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
-                             0o644, dir_fd=self.fd)
-            except OSError as error:
-                if error.errno == errno.ELOOP:
-                    raise link_error(os.path.join(self.path, LOCK_FILE),
-                                     os.readlink(LOCK_FILE, dir_fd=self.fd)) from None
-                raise
+            fd = open_no_follow(self.fd, self.path, LOCK_FILE, os.O_RDWR | os.O_CREAT)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -754,13 +758,7 @@ def open_log(path: str, name: str):
     folder = RunDirectory.open(path, lock=False, manifest=False)
     folder.keep()
     try:
-        fd = os.open(name, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     0o644, dir_fd=folder.fd)
-    except OSError as error:
-        if error.errno == errno.ELOOP:
-            raise link_error(os.path.join(folder.path, name),
-                             os.readlink(name, dir_fd=folder.fd)) from None
-        raise
+        fd = open_no_follow(folder.fd, folder.path, name, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
     finally:
         folder.close()
     return os.fdopen(fd, "a")
