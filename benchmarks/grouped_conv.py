@@ -95,6 +95,25 @@ def time_shape(shape: Shape, batch: int, reps: int) -> Tuple[float, float]:
     return statistics.median(times["separate"]), statistics.median(times["grouped"])
 
 
+def grouped_gradients_supported() -> bool:
+    """Whether this TensorFlow build can differentiate a grouped convolution on this CPU.
+
+    Its CPU kernel for that gradient is oneDNN's, which TensorFlow enables only on some CPUs:
+    on a 2-core AMD EPYC without AVX-512 (TF 2.21) it raises "Gradients for grouped
+    convolutions are not supported on CPU".
+    """
+    import tensorflow as tf
+
+    x, w = tf.ones([1, 4, 4, 4]), tf.Variable(tf.ones([1, 1, 2, 4]))
+    try:
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(tf.nn.conv2d(x, w, 1, "SAME"))
+        tape.gradient(loss, [w])[0].numpy()
+    except (tf.errors.UnimplementedError, tf.errors.InvalidArgumentError):
+        return False
+    return True
+
+
 def measure(net: str, image_size: int, batch: int, reps: int) -> List[dict]:
     """One row per distinct shape: its count and both medians (ms per occurrence)."""
     rows = []
@@ -128,6 +147,10 @@ def main(argv: List[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     refuse_existing_output(FLAGS.output)
+    if not grouped_gradients_supported():
+        raise SystemExit("error: this TensorFlow build cannot differentiate a grouped convolution "
+                         "on this CPU (its oneDNN kernel is not enabled here), so the lever "
+                         "cannot be measured on this machine.")
     machine = cpu_info()
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     rows = measure(FLAGS.net, FLAGS.image_size, FLAGS.batch_size, FLAGS.reps)
