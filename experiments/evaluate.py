@@ -28,22 +28,27 @@ from absl import app, flags
 from experiments import common
 from experiments.common import UserError
 
-flags.DEFINE_string("model", None, "Path of a .keras network (e.g. runs/x/net1.keras).")
-flags.DEFINE_string("dataset", None,
-                    "cifar10, cifar100, fashion_mnist, imagenet2012 or image_folder:PATH. Default: "
-                    "the dataset of the run the model is in (its flags.json or results.json), "
-                    "else the one matching the network's input contract.")
-flags.DEFINE_enum("split", "test", ["test", "train"], "Split to evaluate on.")
-flags.DEFINE_string("data_dir", None, "Dataset location (tfds data_dir or an IDX folder).")
-flags.DEFINE_integer("image_size", None, "Input size for imagenet2012 and image folders.",
-                     lower_bound=1)
-flags.DEFINE_integer("batch_size", 256, "Evaluation batch size.", lower_bound=1)
-flags.DEFINE_integer("max_examples", None, "Evaluate on N examples only (the first N; a seeded "
-                     "stratified subset of an image folder).",
-                     lower_bound=1)
-flags.DEFINE_string("output", None, "Also write the result as JSON to this path.")
-flags.mark_flag_as_required("model")
 FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+    """Only when run as a script: tests import this module's functions into processes that
+    define flags of the same names (benchmarks.throughput's --image_size)."""
+    flags.DEFINE_string("model", None, "Path of a .keras network (e.g. runs/x/net1.keras).")
+    flags.DEFINE_string("dataset", None,
+                        "cifar10, cifar100, fashion_mnist, imagenet2012 or image_folder:PATH. Default: "
+                        "the dataset of the run the model is in (its flags.json or results.json), "
+                        "else the one matching the network's input contract.")
+    flags.DEFINE_enum("split", "test", ["test", "train"], "Split to evaluate on.")
+    flags.DEFINE_string("data_dir", None, "Dataset location (tfds data_dir or an IDX folder).")
+    flags.DEFINE_integer("image_size", None, "Input size for imagenet2012 and image folders.",
+                         lower_bound=1)
+    flags.DEFINE_integer("batch_size", 256, "Evaluation batch size.", lower_bound=1)
+    flags.DEFINE_integer("max_examples", None, "Evaluate on N examples only (the first N; a seeded "
+                         "stratified subset of an image folder).",
+                         lower_bound=1)
+    flags.DEFINE_string("output", None, "Also write the result as JSON to this path.")
+    flags.mark_flag_as_required("model")
 
 
 def run_dataset(model_path: str) -> Optional[Tuple[str, Optional[str], Optional[int], str]]:
@@ -211,4 +216,5 @@ def main(argv: List[str]) -> None:
 
 
 if __name__ == "__main__":
+    _define_flags()
     app.run(main)
