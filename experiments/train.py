@@ -657,15 +657,13 @@ def _load_data(config: TrainConfig, device: Device, data: Data, initial_epoch: i
     # TensorFlow for Fashion-MNIST (same normalisation and augmentation, other random draws).
     tensorflow = device.backend == "tensorflow"
     load = data_lib.load if tensorflow else data_lib.load_arrays
+    # On TensorFlow the training pipeline repeats and `fit` takes steps_per_epoch, so Keras keeps
+    # one iterator for the whole run: a fresh iterator per epoch re-instantiates every tf.data
+    # function, which cost about a quarter of a run of many short epochs. Each pass is still
+    # exactly one epoch of whole batches (data.load's contract), so the batches are the same.
     train_ds = load(config.dataset, "train", training=True, seed=config.seed,
-                    max_examples=config.max_train_examples, epoch=initial_epoch, **load_args)
-    if tensorflow:
-        import tensorflow as tf
-
-        # The training pipeline's length is unknown to tf.data (it is a flat_map over epochs).
-        # Keras then finds each epoch's end by running out of data, and that extra step still
-        # advances optimizer.iterations, shifting the step-based lr schedule by one step per epoch.
-        train_ds = train_ds.apply(tf.data.experimental.assert_cardinality(data.steps_per_epoch))
+                    max_examples=config.max_train_examples, epoch=initial_epoch,
+                    **(dict(repeat=True) if tensorflow else {}), **load_args)
     test_ds = load(config.dataset, "test", training=False, max_examples=config.max_test_examples,
                    **load_args)
     return dataclasses.replace(data, train=train_ds, test=test_ds)
@@ -714,6 +712,10 @@ def _fit_and_report(run: Run, process_start: float) -> int:
     if initial_epoch < epochs:
         fit_logs = dcm.fit(run.data.train, validation_data=run.data.test, epochs=epochs,
                            initial_epoch=initial_epoch, callbacks=callbacks,
+                           # the repeated tf.data pipeline (see _load_data); a PyDataset
+                           # is re-iterated every epoch instead
+                           steps_per_epoch=(None if hasattr(run.data.train, "epoch_setter")
+                                            else run.data.steps_per_epoch),
                            validation_freq=eval_every,
                            shuffle=False,  # the data module shuffles
                            verbose=1 if sys.stdout.isatty() else 2).history
