@@ -147,9 +147,9 @@ def test_results_do_not_depend_on_jobs_or_finishing_order(tmp_path, monkeypatch,
     reused, failing = ("dml", 0), ("dcm", 1)
     lock = threading.Lock()
 
-    def fake_run_one(directory, train_flags, shared=False):
+    def fake_run_one(directory, train_flags, concurrent=1):
         with lock:
-            calls.append((train_flags["method"], train_flags["seed"], shared))
+            calls.append((train_flags["method"], train_flags["seed"], concurrent))
         # Later runs finish first.
         time.sleep(0.1 * (len(order) - order.index((train_flags["method"],
                                                      train_flags["seed"]))))
@@ -171,7 +171,8 @@ def test_results_do_not_depend_on_jobs_or_finishing_order(tmp_path, monkeypatch,
         assert failures == 1
         # The reused run took no job slot and started nothing; the others were all started.
         assert sorted(c[:2] for c in calls) == sorted(set(order) - {reused})
-        assert {c[2] for c in calls} == {jobs > 1}
+        # 3 jobs and 5 runs to train: 3 at a time.
+        assert {c[2] for c in calls} == {jobs}
         text = (work_dir / "fake" / "table.json").read_text().replace(str(work_dir), "W")
         summaries[jobs] = json.loads(text)
         assert summaries[jobs]["jobs"] == jobs
@@ -190,3 +191,31 @@ def test_results_do_not_depend_on_jobs_or_finishing_order(tmp_path, monkeypatch,
     assert "With --jobs=3, up to 3 runs trained at the same time" in \
         (tmp_path / "jobs3" / "fake" / "table.md").read_text()
     assert "--jobs" not in (tmp_path / "jobs1" / "fake" / "table.md").read_text()
+
+
+def test_runs_side_by_side_split_the_cores_of_tensorflow_op_pool(tmp_path, monkeypatch):
+    """With --jobs > 1 each run's TensorFlow op pool gets its share of the cores (unless set)."""
+    from experiments import compare
+
+    monkeypatch.setattr(compare.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert compare.cpu_share(1) is None
+    assert compare.cpu_share(2) == 4 and compare.cpu_share(3) == 2 and compare.cpu_share(16) == 1
+    seen = []
+
+    class FakePopen:
+        def __init__(self, argv, stdout, stderr, env):
+            seen.append(env.get("TF_NUM_INTRAOP_THREADS"))
+
+        def wait(self):
+            return 1  # a failed run: run_one returns None without reading results
+
+    monkeypatch.setattr(compare.subprocess, "Popen", FakePopen)
+    monkeypatch.delenv("TF_NUM_INTRAOP_THREADS", raising=False)
+    for concurrent in (1, 2):
+        directory = tmp_path / f"c{concurrent}"
+        directory.mkdir()
+        assert compare.run_one(str(directory), {"seed": 0}, concurrent=concurrent) is None
+    monkeypatch.setenv("TF_NUM_INTRAOP_THREADS", "3")  # the user's own choice is kept
+    (tmp_path / "user").mkdir()
+    compare.run_one(str(tmp_path / "user"), {"seed": 0}, concurrent=2)
+    assert seen == [None, "4", "3"]
