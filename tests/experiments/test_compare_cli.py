@@ -135,7 +135,7 @@ def test_verdict_says_within_spread_better_or_worse():
     assert "WORSE than baseline" in compare.verdict_lines(compare.versus_baseline(config, rows))[0]
 
 
-@pytest.mark.parametrize("preset,config", [("demo", "fmnist_n4096_e2"),
+@pytest.mark.parametrize("preset,config", [("demo", "fmnist_n128_e60"),
                                            ("demo_fit", "fmnist_n128_e120"),
                                            ("fmnist_long", "fmnist_n1024_e200")])
 def test_study_presets_are_the_studied_settings(preset, config):
