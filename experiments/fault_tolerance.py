@@ -40,7 +40,8 @@ can SIGKILL it there deterministically:
   `backup_every`);
 - `export`: after `net1.keras` is written and before the other networks and `results.json`.
 
-`@<epoch>` restricts the pause to that (1-based) epoch.
+`@<epoch>` restricts the pause to that (1-based) epoch. With `DCM_DEBUG_RELEASE=<path>` a pause
+also ends as soon as that file exists, so a test that acts during the pause need not wait it out.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ from experiments import common
 METADATA_FILE = "training_metadata.json"
 LEGACY_WEIGHTS_FILE = "latest.weights.h5"  # what keras.callbacks.BackupAndRestore writes
 PAUSE_VARIABLE = "DCM_DEBUG_PAUSE"
+RELEASE_VARIABLE = "DCM_DEBUG_RELEASE"
 
 
 class CheckpointError(ValueError):
@@ -86,7 +88,12 @@ def debug_pause(point: str, epoch: Optional[int] = None) -> None:
         if name != point or (at_epoch and epoch is not None and int(at_epoch) != epoch):
             continue
         print(f"[debug] pause at {point}" + (f" (epoch {epoch})" if epoch else ""), flush=True)
-        time.sleep(float(seconds))
+        release = os.environ.get(RELEASE_VARIABLE)
+        deadline = time.monotonic() + float(seconds)
+        while (left := deadline - time.monotonic()) > 0:
+            if release and os.path.exists(release):
+                break
+            time.sleep(min(0.1, left) if release else left)
 
 
 def read_metadata(folder) -> Optional[dict]:

@@ -284,3 +284,23 @@ def test_backup_every_below_one_is_refused(small_folder, tmp_path):
         assert line.startswith(f"FATAL Flags parsing error: flag --backup_every={bad}: ")
         assert "positive integer" in line, line
         assert not outcome[2].exists()  # nothing written
+
+
+def test_a_pause_ends_when_its_release_file_appears(tmp_path, monkeypatch, capsys):
+    import threading
+    import time
+
+    from experiments.fault_tolerance import debug_pause
+
+    release = tmp_path / "release"
+    monkeypatch.setenv(PAUSE, "epoch_end@2:30")
+    monkeypatch.setenv("DCM_DEBUG_RELEASE", str(release))
+    start = time.monotonic()
+    debug_pause("epoch_end", epoch=1)  # another epoch: no pause
+    assert capsys.readouterr().out == ""
+    timer = threading.Timer(0.5, release.touch)
+    timer.start()
+    debug_pause("epoch_end", epoch=2)
+    timer.join()
+    assert capsys.readouterr().out == "[debug] pause at epoch_end (epoch 2)\n"
+    assert 0.5 <= time.monotonic() - start < 10  # released, not the 30 s

@@ -52,11 +52,16 @@ def _act_on_pauses(actions):
 @pytest.fixture(scope="module")
 def hostile(tmp_path_factory, small_folder):
     root = tmp_path_factory.mktemp("hostile")
-    pause = {"DCM_DEBUG_PAUSE": "epoch_end@1:60"}
+    # Each paused run goes on as soon as its link is planted (its release file appears).
+    release = {name: root / f"release_{name}" for name in ("linked", "history")}
+    pause = {name: {"DCM_DEBUG_PAUSE": "epoch_end@1:300", "DCM_DEBUG_RELEASE": str(path)}
+             for name, path in release.items()}
     outside = root / "outside"
     kept = _user_files(outside)
-    linked = Watched(*tiny_train(small_folder, root / "linked", "--epochs=2"), extra_env=pause)
-    history = Watched(*tiny_train(small_folder, root / "history", "--epochs=2"), extra_env=pause)
+    linked = Watched(*tiny_train(small_folder, root / "linked", "--epochs=2"),
+                     extra_env=pause["linked"])
+    history = Watched(*tiny_train(small_folder, root / "history", "--epochs=2"),
+                      extra_env=pause["history"])
     # A one-epoch run killed during the export (its backup then holds the epoch).
     tampered = Watched(*tiny_train(small_folder, root / "tampered"),
                        extra_env={"DCM_DEBUG_PAUSE": "export:300"})
@@ -66,6 +71,7 @@ def hostile(tmp_path_factory, small_folder):
             backup = root / "linked" / "backup"
             shutil.rmtree(backup)
             backup.symlink_to(outside)
+            release["linked"].touch()
 
         def plant_history_link():
             csv_path = root / "history" / "history.csv"
@@ -79,6 +85,7 @@ def hostile(tmp_path_factory, small_folder):
         _act_on_pauses({linked: plant_backup_link, history: plant_history_link})
         second = Watched(*tiny_train(small_folder, root / "history", "--epochs=2"))
         out["second"] = (second.finish(TIMEOUT), message_lines(second.stderr))
+        release["history"].touch()  # it held its folder's lock while the second process tried
 
         out["linked"] = (linked.finish(TIMEOUT), linked)
         out["history"] = (history.finish(TIMEOUT), history)
