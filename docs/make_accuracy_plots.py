@@ -43,7 +43,7 @@ FASHION_TRAIN = 60_000
 # CIFAR-10 (2-core CPU, TensorFlow, all 10,000 test images): the WRN-16-1 pair's budgets, from
 # the fitted one to the larger, and the heterogeneous pair at the fitted budget's flags.
 CIFAR_SWEEP = ["cifar10_n500_e100", "cifar10_n2000_e50"]
-CIFAR_HETERO = ["cifar10_n500_e100_hetero"]
+CIFAR_HETERO = ["cifar10_n500_e100_hetero_lr002"]
 CIFAR_METHODS = ["baseline", "dml", "dcm"]
 
 
