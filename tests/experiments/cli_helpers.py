@@ -6,6 +6,7 @@ WRN-10-1 on 8x8 images so that a two-epoch run takes seconds on two cores.
 
 import os
 import queue
+import signal
 import subprocess
 import sys
 import threading
@@ -49,10 +50,20 @@ def run(module: str, *args: str, timeout: float = 240) -> subprocess.CompletedPr
                           text=True, timeout=timeout)
 
 
+# Restores Ctrl-C's default before exec'ing the script: a shell starts background commands with
+# SIGINT ignored, a child inherits that, and Python then never raises KeyboardInterrupt.
+_SIGINT_DEFAULT = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+                   "os.execv(sys.executable, [sys.executable] + sys.argv[1:])")
+
+
 def start(module: str, *args: str, extra_env: Optional[Dict[str, str]] = None
           ) -> subprocess.Popen:
-    """Starts `python -m experiments.<module> args...` without waiting for it."""
-    return subprocess.Popen(command(module, *args), cwd=REPO, env={**env(), **(extra_env or {})},
+    """Starts `python -m experiments.<module> args...` without waiting for it, with Ctrl-C
+    (SIGINT) handled as in a terminal even when this process inherited it ignored."""
+    argv = command(module, *args)
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        argv = [argv[0], "-c", _SIGINT_DEFAULT, *argv[1:]]
+    return subprocess.Popen(argv, cwd=REPO, env={**env(), **(extra_env or {})},
                             text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
