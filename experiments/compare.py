@@ -81,9 +81,9 @@ flags.DEFINE_bool("no_train", False, "Train nothing: tabulate only the runs alre
 FLAGS = flags.FLAGS
 
 
-# The keys a comparison config may have.
 # The measured study every comparison's table is read against (CIFAR-10 first, then Fashion-MNIST).
 ACCURACY_GUIDE = "docs/accuracy.md"
+# The keys a comparison config may have.
 CONFIG_KEYS = ("name", "description", "note", "rows", "methods", "seeds", "train_flags")
 # What compare.py sets for each run; a config may set only the other run flags of train.py
 # (an allow-list: `flagfile`, say, could otherwise point a run at another --model_dir).
