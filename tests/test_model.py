@@ -97,6 +97,33 @@ def test_fit_on_a_dataset_does_not_warn_about_shuffle():
         dcm.fit(ds, epochs=1, verbose=0, shuffle=True)  # asked for: Keras still says so
 
 
+
+class TraceCounting(DCM):
+    """DCM counting how often its train step is traced (each trace runs this Python once)."""
+
+    traces = 0
+
+    def train_step(self, *args):  # (data) under TensorFlow, (state, data) under JAX
+        type(self).traces += 1
+        return super().train_step(*args)
+
+
+@pytest.mark.parametrize("how", ["fit", "train_on_batch"])
+def test_the_train_step_is_traced_once(how):
+    """Keras's TensorFlow trainer makes the optimizer's slots in the first trace unless a
+    strategy is set, and tf.function traces a step that made variables twice: DCM builds the
+    optimizer first. Under JAX each call of the Python step is one trace as well."""
+    TraceCounting.traces = 0
+    dcm = TraceCounting([tiny_net("a"), tiny_net("b")])
+    dcm.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9))
+    x, y = features(16)
+    if how == "fit":
+        dcm.fit(x, y, batch_size=8, epochs=2, verbose=0)
+    else:
+        for _ in range(3):
+            dcm.train_on_batch(x[:8], y[:8])
+    assert TraceCounting.traces == 1
+    assert dcm.optimizer.built and len(dcm.optimizer.variables) > 2  # momentum slots exist
 def test_call_returns_every_head_of_every_network():
     nets = [tiny_net("a", heads=("aux1", "aux2")), tiny_net("b", heads=())]
     dcm = DCM(nets)
