@@ -24,13 +24,15 @@ from benchmarks.machine import (cpu_info, refuse_existing_output, resolve_precis
 
 # name -> (what it changes, worker spec overrides)
 LEVERS: Dict[str, tuple] = {
-    "default": ("TensorFlow's defaults (oneDNN on, inter-op and intra-op pools sized by TF)", {}),
+    "default": ("the scripts' settings: oneDNN on (experiments/__init__.py), inter-op and intra-op "
+                "pools sized by TF", {}),
     "inter_op_1": ("one inter-op thread: ops run one at a time, each on every core",
                    {"inter_op_threads": 1}),
     "intra_op_1": ("two inter-op threads, one intra-op thread: two ops at a time, one core each",
                    {"inter_op_threads": 2, "intra_op_threads": 1}),
     "xla": ("the step compiled with XLA (jit_compile=True)", {"xla": True}),
-    "onednn_off": ("TF_ENABLE_ONEDNN_OPTS=0: Eigen kernels instead of oneDNN",
+    "onednn_off": ("TF_ENABLE_ONEDNN_OPTS=0: Eigen kernels instead of oneDNN (TensorFlow's own "
+                   "default on x86 CPUs without AVX512-VNNI, AVX512-BF16, AVX-VNNI or AMX)",
                    {"env": {"TF_ENABLE_ONEDNN_OPTS": "0"}}),
     "keras_bn": ("Keras's own BatchNormalization instead of the library's fused one",
                  {"bn": "keras"}),
