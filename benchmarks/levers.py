@@ -52,13 +52,14 @@ def measure(bench: "tp.Benchmark", precision: str, levers: List[str]) -> List[di
     """Interleaved windows of every lever in `precision`; ratios are paired with `default`."""
     workers = []
     try:
+        runs = []
         for name in levers:
             overrides = dict(LEVERS[name][1])
-            xla = overrides.pop("xla", False)
-            bn = overrides.pop("bn", "fused")
-            worker = bench.start_worker("dcm", precision, xla, bn, loss_cost=False, **overrides)
+            runs.append(dict(config="dcm", precision=precision, xla=overrides.pop("xla", False),
+                             bn=overrides.pop("bn", "fused"), loss_cost=False, **overrides))
+        workers = bench.start_workers(runs)
+        for name, worker in zip(levers, workers):
             worker.lever = name
-            workers.append(worker)
         for window in range(FLAGS.windows):
             for worker in workers:
                 worker.windows.append(worker.request(cmd="window"))
