@@ -27,7 +27,7 @@ from keras import ops
 from dcm_keras import _keras_compat as compat
 from dcm_keras import connections as connections_lib
 from dcm_keras import losses as losses_lib
-from dcm_keras import guards, monitoring, validation
+from dcm_keras import guards, monitoring, tracing, validation
 from dcm_keras.errors import UserError
 from dcm_keras.multi_worker import MultiWorkerFixes
 from dcm_keras.summary import print_summary
@@ -201,7 +201,7 @@ class DCM(MultiWorkerFixes, keras.Model):
         callbacks = guards.with_guard(list(callbacks or []))  # after the caller's own
         if self.kd_warmup_epochs and not any(isinstance(c, KDWarmup) for c in callbacks):
             callbacks.append(KDWarmup())
-        self._build_optimizer()
+        tracing.build_optimizer(self)
         steps = validation.StepCounter()
         with validation.refusals(self):
             history = super().fit(x, y, *args, callbacks=callbacks + [steps], **kwargs)
@@ -222,7 +222,7 @@ class DCM(MultiWorkerFixes, keras.Model):
 
     def train_on_batch(self, x, y=None, *args, **kwargs):
         self._check_data(x, y, "training")
-        self._build_optimizer()
+        tracing.build_optimizer(self)
         with validation.refusals(self):
             return super().train_on_batch(x, y, *args, **kwargs)
 
@@ -230,18 +230,6 @@ class DCM(MultiWorkerFixes, keras.Model):
         self._check_data(x, y, "evaluation")
         with validation.refusals(self):
             return super().test_on_batch(x, y, *args, **kwargs)
-
-    def _build_optimizer(self) -> None:
-        # Without a strategy set, Keras's TensorFlow trainer leaves the optimizer's slots to be
-        # made inside the first trace of the train step, and a tf.function that creates
-        # variables is traced twice: the whole DCM step, seconds per run. Building them first
-        # (as Keras does itself under a strategy, and always on JAX) saves that trace.
-        optimizer = getattr(self, "optimizer", None)
-        if (keras.backend.backend() != "tensorflow" or optimizer is None or optimizer.built
-                or not self.trainable_variables):
-            return
-        with self.distribute_strategy.scope():
-            optimizer.build(self.trainable_variables)
 
     def _check_data(self, x, y, what: str) -> None:
         validation.check_not_empty(x, what)
