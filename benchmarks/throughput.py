@@ -50,6 +50,7 @@ DCM pair in float32 and in the best precision from the same seed, and compares t
 from __future__ import annotations
 
 import datetime
+import glob
 import json
 import os
 import re
@@ -237,7 +238,8 @@ def _peak_worker(spec) -> None:
         return
     gpus = tf.config.list_physical_devices("GPU")
     info = {"tensorflow": tf.__version__, "keras": keras.__version__,
-            "gpus": [g.name for g in gpus], "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS")}
+            "gpus": [g.name for g in gpus], "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
+            "onednn_enabled": _onednn_enabled()}
     if gpus:
         try:
             details = tf.config.experimental.get_device_details(gpus[0])
@@ -483,6 +485,19 @@ def _model_worker(spec) -> None:
           gpu_peak_mb=_gpu_peak_mb())
 
 
+def _on_off(value: Optional[bool]) -> str:
+    return {True: "on", False: "off"}.get(value, "unknown")
+
+
+def _onednn_enabled() -> Optional[bool]:
+    """Whether TensorFlow runs its oneDNN kernels in this process (None where it cannot say)."""
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+        return bool(_pywrap_util_port.IsMklEnabled())
+    except (ImportError, AttributeError):  # pragma: no cover - depends on the TensorFlow build
+        return None
+
+
 def worker_main(spec) -> None:
     try:
         {"peak": _peak_worker, "data": _data_worker, "accuracy": _accuracy_worker}.get(
@@ -687,15 +702,19 @@ class Benchmark:
         timed window comes after all of them are ready.
         """
         workers: List[Worker] = []
-        at_once = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                   else os.cpu_count() or 1)
+        # On a GPU, cuDNN picks its kernels by timing them during warm-up: one at a time there.
+        gpu = self.machine.get("gpus") or glob.glob("/dev/nvidia[0-9]*")
+        at_once = 1 if gpu else (
+            len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
         try:
             for first in range(0, len(runs), at_once):
-                batch = [self._spawn(**run) for run in runs[first:first + at_once]]
-                workers.extend(batch)
+                batch = []
+                for run in runs[first:first + at_once]:
+                    batch.append(self._spawn(**run))
+                    workers.append(batch[-1])
                 for worker in batch:
                     worker.ready = worker.read()
-        except Exception:
+        except BaseException:  # Ctrl-C too: no worker outlives the benchmark
             for worker in workers:
                 worker.kill()
             raise
@@ -934,7 +953,8 @@ class Benchmark:
             f"Machine: {m.get('cpu_model') or m.get('processor')} (family {m.get('cpu_family')} "
             f"model {m.get('cpu_model_number')}), {m.get('usable_cpus')} usable CPUs, "
             f"{m.get('memory_gib')} GiB; GPUs: {', '.join(m.get('gpus') or []) or 'none'}; "
-            f"TensorFlow {m.get('tensorflow')}, Keras {m.get('keras')}; {self.date}.",
+            f"TensorFlow {m.get('tensorflow')} (oneDNN {_on_off(m.get('onednn_enabled'))}), "
+            f"Keras {m.get('keras')}; {self.date}.",
             f"Net {FLAGS.net}, {FLAGS.num_classes} classes, {FLAGS.image_size}x{FLAGS.image_size}"
             f"x3, batch {FLAGS.batch_size}; median of {FLAGS.windows} windows x "
             f"{FLAGS.steps_per_window} steps after {FLAGS.warmup} warm-up steps. Matmul peak "
