@@ -704,8 +704,7 @@ class Benchmark:
         workers: List[Worker] = []
         # On a GPU, cuDNN picks its kernels by timing them during warm-up: one at a time there.
         gpu = self.machine.get("gpus") or glob.glob("/dev/nvidia[0-9]*")
-        at_once = 1 if gpu else (
-            len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+        at_once = 1 if gpu else self.machine.get("usable_cpus") or os.cpu_count() or 1
         try:
             for first in range(0, len(runs), at_once):
                 batch = []

@@ -10,5 +10,6 @@ A value the user set, such as `TF_ENABLE_ONEDNN_OPTS=0`, is kept.
 import os
 import platform
 
-if platform.machine().lower() in ("x86_64", "amd64"):
+X86 = platform.machine().lower() in ("x86_64", "amd64")
+if X86:
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")

@@ -1,15 +1,13 @@
 """`import experiments` sets the TensorFlow settings every script runs with, before TensorFlow."""
 
 import os
-import platform
 import subprocess
 import sys
 
 import pytest
 
 from cli_helpers import REPO
-
-X86 = platform.machine().lower() in ("x86_64", "amd64")
+from experiments import X86
 
 PROBE = ("import os, experiments, tensorflow as tf\n"
          "from tensorflow.python.util import _pywrap_util_port as port\n"
