@@ -234,6 +234,24 @@ def test_image_folder_grayscale_becomes_rgb(tmp_path):
     np.testing.assert_allclose(x[0, 0, 0].numpy(), expected, atol=1e-5)
 
 
+def test_image_folder_jpegs_at_their_size_are_tensorflows_decoded_pixels(tmp_path):
+    """docs/shipping.md: to score a shipped network as its run did, decode JPEGs with TensorFlow.
+
+    At the network's own size the pipeline's resize leaves TensorFlow's decoded pixels unchanged
+    (PIL's decoder differs from TensorFlow's on every CIFAR-10 JPEG we tried)."""
+    root = tmp_path / "noise"
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for cls in ("a", "b"):
+            _write_image(root / split / cls / "x.jpg", rng.integers(0, 256, (32, 32, 3), np.uint8))
+    x, y = next(iter(data.load(f"image_folder:{root}", "test", batch_size=2, image_size=32)))
+    for image, label in zip(x.numpy(), y.numpy()):
+        contents = tf.io.read_file(str(root / "test" / "ab"[label] / "x.jpg"))
+        decoded = tf.io.decode_jpeg(contents, channels=3).numpy()
+        pixels = (image * np.array(data.IMAGENET_STD) + np.array(data.IMAGENET_MEAN)) * 255
+        np.testing.assert_allclose(pixels, decoded, atol=1e-3)
+
+
 def test_image_folder_missing(tmp_path):
     with pytest.raises(ValueError, match=r"nowhere.*does not exist"):
         data.get_info(f"image_folder:{tmp_path / 'nowhere'}")
