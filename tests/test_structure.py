@@ -1,7 +1,8 @@
 """The package's shape, read from the source with `ast` (no TensorFlow, no import of dcm_keras).
 
-- dcm_keras's module-level imports form no cycle: a module never imports, directly or through
-  others, a module that imports it back (a package counts as its `__init__.py`);
+- dcm_keras's imports form no cycle: a module never imports, directly or through others, a
+  module that imports it back (a package counts as its `__init__.py`), neither at module level
+  nor inside a function (a function-level import hides a cycle; it does not remove it);
 - Keras's private API (`keras.src`) is reached only through dcm_keras/_keras_compat.py, which
   checks at import that what it uses is still there;
 - no module of dcm_keras grows past MAX_LINES.
@@ -64,15 +65,25 @@ def _absolute(node: ast.ImportFrom, module: str, is_package: bool) -> Optional[s
     return ".".join(base + ([node.module] if node.module else []))
 
 
-def _imported(tree: ast.Module, module: str, is_package: bool, known: Set[str]) -> Set[str]:
-    """The package's modules `tree` imports at import time.
+def _all_statements(body: List[ast.stmt]) -> Iterator[ast.stmt]:
+    """Every statement of a module, those inside functions included (`TYPE_CHECKING` blocks not)."""
+    for node in _import_time_statements(body):
+        yield node
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            yield from _all_statements(node.body)
+
+
+def _imported(tree: ast.Module, module: str, is_package: bool, known: Set[str],
+              in_functions: bool = False) -> Set[str]:
+    """The package's modules `tree` imports at import time (also inside functions if asked).
 
     `import a.b` and `from a.b import c` import a.b (c too when it is a submodule); the parent
     packages Python initialises on the way are not counted: they run first, so the submodule
     only finds them partly initialised when it takes names from them, which would be an edge.
     """
     found = set()
-    for node in _import_time_statements(tree.body):
+    statements = _all_statements if in_functions else _import_time_statements
+    for node in statements(tree.body):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -86,12 +97,12 @@ def _imported(tree: ast.Module, module: str, is_package: bool, known: Set[str]) 
     return {name for name in found if name in known and name != module}
 
 
-def import_graph() -> Dict[str, Set[str]]:
-    """Module -> the package's modules it imports at module level."""
+def import_graph(in_functions: bool = False) -> Dict[str, Set[str]]:
+    """Module -> the package's modules it imports at module level (and in functions if asked)."""
     modules = _modules()
     known = set(modules)
     return {name: _imported(ast.parse(path.read_text(), str(path)), name,
-                            path.name == "__init__.py", known)
+                            path.name == "__init__.py", known, in_functions)
             for name, path in modules.items()}
 
 
@@ -147,6 +158,18 @@ def test_relative_imports_resolve():
 def test_no_import_cycle():
     cycle = find_cycle(import_graph())
     assert cycle is None, "module-level import cycle: " + " -> ".join(cycle)
+
+
+def test_function_level_imports_are_edges_too():
+    tree = ast.parse("def f():\n    from p import b\n    if x:\n        import p.c\n")
+    known = {"p.b", "p.c", "p"}
+    assert _imported(tree, "p.a", False, known) == set()
+    assert _imported(tree, "p.a", False, known, in_functions=True) == {"p.b", "p.c"}
+
+
+def test_no_import_cycle_through_function_level_imports():
+    cycle = find_cycle(import_graph(in_functions=True))
+    assert cycle is None, "import cycle (counting imports inside functions): " + " -> ".join(cycle)
 
 
 def _keras_src_imports(path: Path) -> List[int]:

@@ -289,6 +289,10 @@ class HeadedModel(keras.Model):
         model._auto = auto
         return model
 
+    def with_weight_decay(self, weight_decay: float) -> "HeadedModel":
+        """A new HeadedModel (fresh weights) whose base and heads carry `weight_decay`."""
+        return type(self).from_config({**self.get_config(), "weight_decay": weight_decay})
+
 
 def _fresh(op, prefix: str):
     """A new operation with `op`'s config and fresh weights, named `{prefix}_{op.name}`."""

@@ -80,10 +80,11 @@ def with_weight_decay(model: keras.Model, weight_decay: float) -> keras.Model:
     if not isinstance(weight_decay, (int, float)) or isinstance(weight_decay, bool) \
             or weight_decay < 0:
         raise UserError(f"weight_decay must be a number >= 0, got {weight_decay!r}.")
-    from dcm_keras.networks.heads import HeadedModel
-
-    if isinstance(model, HeadedModel):
-        clone = HeadedModel.from_config({**model.get_config(), "weight_decay": weight_decay})
+    # A model that owns its weight-decay setting (HeadedModel) rebuilds itself; asked by method,
+    # not by type, because heads.py imports this module.
+    rebuild = getattr(model, "with_weight_decay", None)
+    if callable(rebuild):
+        clone = rebuild(weight_decay)
     elif isinstance(model, Functional):
         clone = _clone(model, weight_decay)
     else:

@@ -180,6 +180,17 @@ def test_with_weight_decay_is_kept_by_save_and_clone(tmp_path):
         networks.with_weight_decay(model, -1.0)
 
 
+def test_with_weight_decay_keeps_a_headed_model_headed_with_its_weights():
+    net = networks.attach_heads(_small_model(), branch_points=["res"])
+    decayed = networks.with_weight_decay(net, 4e-3)
+    assert isinstance(decayed, networks.HeadedModel) and decayed.weight_decay == 4e-3
+    assert decayed.losses and not net.losses
+    expected, got = net(_images()), decayed(_images())
+    assert set(got) == set(expected) == {"aux1", "logits"}
+    for name in expected:
+        np.testing.assert_allclose(_np(got[name]), _np(expected[name]), rtol=1e-6)
+
+
 def test_softmax_output_refused_unless_stripped():
     for model in (_small_model(activation="softmax"), _small_model(trailing="softmax")):
         with pytest.raises(ValueError, match="softmax.*strip_activation=True"):
