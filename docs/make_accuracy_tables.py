@@ -1,0 +1,457 @@
+r"""Every accuracy table of docs/accuracy.md and docs/results/README.md, built from the JSON files.
+
+    python docs/make_accuracy_tables.py           # rewrite the tables in place
+    python docs/make_accuracy_tables.py --check   # exit 1 if a doc differs from a regeneration
+
+A table sits between `<!-- table:NAME -->` and `<!-- /table -->`; everything between the two
+markers is replaced. The inputs are the compare outputs docs/results/<config>.json (each the
+`table.json` of `python -m experiments.compare --config=docs/results/configs/<config>.json`), the
+configs themselves, and the step-cost benchmarks benchmarks/results/cifar_wrn16_1_pair_cost_*.json.
+
+Statistics are recomputed from each run's own numbers (`runs` in the JSON), not from the rows:
+results written by older code carry a standard deviation of 0 for one seed. Here one seed has
+no spread, and a difference with no spread on either side is never "beyond" it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import re
+import statistics
+import sys
+from dataclasses import dataclass
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+RESULTS = os.path.join(HERE, "results")
+CONFIGS = os.path.join(RESULTS, "configs")
+COST_FILES = os.path.join(REPO, "benchmarks", "results", "cifar_wrn16_1_pair_cost_*.json")
+DOCS = [os.path.join(HERE, "accuracy.md"), os.path.join(RESULTS, "README.md")]
+TEST_IMAGES = 10_000  # both datasets' test sets; max_test_examples unset means all of them
+TRAIN_IMAGES = {"fashion_mnist": 60_000}
+METHODS = ["baseline", "dsn", "dml", "dcm", "same_stage", "cross_stage"]
+
+# Issue 28's pre-registered CIFAR-10 study (the S2 configs are named after their epochs).
+STUDY = [("S1, schedule", ["cifar10_n2000_e100"]),
+         ("S2, compute-matched", ["cifar10_n2000_e*_matched"]),
+         ("S3, 10,000 images", ["cifar10_n10000_e100"])]
+CIFAR_EQUAL = ["cifar10_n500_e100", "cifar10_n2000_e50", "cifar10_n2000_e100",
+               "cifar10_n2000_e*_matched", "cifar10_n10000_e100"]
+CIFAR_HETERO = ["cifar10_n500_e100_hetero_lr002"]
+# Where each Fashion-MNIST config ran: one H100 with JAX, else the 2-core CPU with TensorFlow.
+GPU = {"fmnist_n60000_e8", "fmnist_n2048_e100", "fmnist_n1024_e200", "fmnist_n60000_e2_timing",
+       "fmnist_n2048_e10_timing"} | {f"fmnist_n2048_e100_dcm_{x}" for x in
+                                     ("norm", "warmup10", "kdw05", "wd0", "t3")}
+FMNIST_GPU = ["fmnist_n60000_e8", "fmnist_n2048_e100", "fmnist_n1024_e200"]
+FMNIST_CPU = ["fmnist_n8192_e1", "fmnist_n4096_e2", "fmnist_n8192_e2", "fmnist_n1024_e16",
+              "fmnist_n4096_e2_stages"]
+FACTORS_GPU = [("fmnist_n2048_e100_dcm_norm", "ce mean_per_network + kd mean_per_student"),
+               ("fmnist_n2048_e100_dcm_warmup10", "kd_warmup_epochs 10 (of 100)"),
+               ("fmnist_n2048_e100_dcm_kdw05", "kd_weight 0.5"),
+               ("fmnist_n2048_e100_dcm_wd0", "weight_decay 0"),
+               ("fmnist_n2048_e100_dcm_t3", "temperature 3")]
+FACTORS_CPU = [("fmnist_n4096_e2_dcm_norm", "ce mean_per_network + kd mean_per_student"),
+               ("fmnist_n4096_e2_dcm_warmup1", "kd_warmup_epochs 1 (of 2)"),
+               ("fmnist_n4096_e2_dcm_kdw05", "kd_weight 0.5"),
+               ("fmnist_n4096_e2_dcm_wd0", "weight_decay 0"),
+               ("fmnist_n4096_e2_dcm_t3", "temperature 3")]
+FACTORS_1024 = [("fmnist_n1024_e16_dcm_norm", "ce mean_per_network + kd mean_per_student")]
+# Every point with a baseline and DCM, for the answer table: CIFAR-10 first, then Fashion-MNIST.
+ANSWER = (CIFAR_EQUAL + CIFAR_HETERO
+          + ["fmnist_n1024_e200", "fmnist_n1024_e200_cpu", "fmnist_n128_e120",
+             "fmnist_n128_e200_mnv3small", "fmnist_n2048_e100", "fmnist_n128_e60",
+             "fmnist_n60000_e8", "fmnist_n1024_e16", "fmnist_n8192_e2", "fmnist_n4096_e2",
+             "fmnist_n8192_e1", "fmnist_n60000_e2_timing", "fmnist_n2048_e10_timing"])
+# Results that were deleted once and restored from git history (commit 9822611 removed them).
+RESTORED = {"fmnist_n60000_e2_timing", "fmnist_n2048_e10_timing"}
+NOTES = {"fmnist_n60000_e2_timing": "restored; one seed, 1,000 test images, a timing run",
+         "fmnist_n2048_e10_timing": "restored; one seed, a timing run (0.1 s epochs)",
+         "fmnist_n128_e120": "no config file: `--preset=demo_fit`"}
+
+
+# --- Statistics ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Stat:
+    """Mean and sample standard deviation over seeds; `std` is None for fewer than two."""
+
+    mean: float
+    std: float | None
+    n: int
+
+    def text(self, digits: int = 2) -> str:
+        if self.std is None:
+            return f"{self.mean:.{digits}f} (1 seed)" if self.n == 1 else f"{self.mean:.{digits}f}"
+        return f"{self.mean:.{digits}f} ± {self.std:.{digits}f}"
+
+
+def stat(values: list[float]) -> Stat:
+    """Mean and sample std (n - 1) of `values`; one value has no spread."""
+    if not values:
+        raise ValueError("stat() needs at least one value, got none")
+    std = statistics.stdev(values) if len(values) > 1 else None
+    return Stat(statistics.fmean(values), std, len(values))
+
+
+@dataclass(frozen=True)
+class Margin:
+    """a - b, and the spread it is judged by: the larger of the two stds (None: no spread)."""
+
+    diff: float
+    spread: float | None
+
+    @property
+    def beyond(self) -> bool:
+        return self.spread is not None and abs(self.diff) > self.spread
+
+    def text(self) -> str:
+        if self.spread is None:
+            return f"{self.diff:+.2f} (no spread)"
+        return f"{self.diff:+.2f} ({'beyond' if self.beyond else 'within'} {self.spread:.2f})"
+
+
+def margin(a: Stat, b: Stat) -> Margin:
+    """a's mean minus b's, beyond the spread only when it exceeds both sample stds."""
+    spread = None if a.std is None or b.std is None else max(a.std, b.std)
+    return Margin(a.mean - b.mean, spread)
+
+
+# --- Reading the results ---------------------------------------------------------------------
+
+def load(name: str, results: str = RESULTS) -> dict | None:
+    """docs/results/<name>.json, or None when that config has no results yet."""
+    path = os.path.join(results, f"{name}.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def expand(patterns: list[str], results: str = RESULTS) -> list[str]:
+    """Config names matching `patterns` (globs) among the configs and the results, in order."""
+    out = []
+    for pattern in patterns:
+        found = {os.path.basename(p)[:-5] for d in (results, os.path.join(results, "configs"))
+                 for p in glob.glob(os.path.join(d, f"{pattern}.json"))}
+        out += [n for n in sorted(found, key=_epochs_key) if n not in out]
+    return out
+
+
+def _epochs_key(name: str):
+    m = re.search(r"_e(\d+)", name)
+    return (int(m.group(1)) if m else 0, name)
+
+
+def seeds(table: dict, method: str) -> dict[int, dict]:
+    """seed -> that run's entry, for one method of a compare output."""
+    out = {}
+    for path, run in table["runs"].items():
+        stem, _, seed = os.path.basename(path).rpartition("_seed")
+        if stem == method:
+            out[int(seed)] = run
+    return dict(sorted(out.items()))
+
+
+def per_method(table: dict) -> dict[str, dict[str, Stat]]:
+    """method -> {net1, net2, pair, acc1, acc2, acc} statistics over its seeds."""
+    out = {}
+    methods = [r["method"] for r in table["rows"]]
+    for method in methods:
+        runs = list(seeds(table, method).values())
+        if not runs:
+            continue
+        err = {n: [r[n]["test_error"]["logits"] for r in runs] for n in ("net1", "net2")}
+        acc = {n: [r["train_accuracy"][n] for r in runs
+                   if (r.get("train_accuracy") or {}).get(n) is not None] for n in ("net1", "net2")}
+        row = {n: stat(err[n]) for n in err}
+        row["pair"] = stat([(a + b) / 2 for a, b in zip(err["net1"], err["net2"])])
+        if acc["net1"] and acc["net2"]:
+            row["acc1"], row["acc2"] = stat(acc["net1"]), stat(acc["net2"])
+            row["acc"] = stat([(a + b) / 2 for a, b in zip(acc["net1"], acc["net2"])])
+        out[method] = row
+    return out
+
+
+def time_multiple(table: dict, method: str) -> float | None:
+    row = next((r for r in table["rows"] if r["method"] == method), {})
+    return row.get("time_vs_baseline")
+
+
+def budget(table: dict) -> str:
+    f = table["config"]["train_flags"]
+    n = f.get("max_train_examples") or TRAIN_IMAGES.get(f["dataset"], 0)
+    return f"{n:,} × {f['epochs']} ({n // f['batch_size'] * f['epochs']:,} steps)"
+
+
+def test_images(table: dict) -> int:
+    return table["config"]["train_flags"].get("max_test_examples") or TEST_IMAGES
+
+
+def nets(table: dict) -> str:
+    return " / ".join(n.replace("keras:", "") for n in table["config"]["rows"][0])
+
+
+def where(name: str) -> str:
+    if name.startswith("cifar10"):
+        return "CPU"
+    return "H100" if name in GPU else "CPU"
+
+
+# --- Tables ----------------------------------------------------------------------------------
+
+def _md(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def _acc(r: dict, key: str = "acc") -> str:
+    return f"{r[key].mean:.1f}" if key in r else ""
+
+
+def answer_table(names: list[str], results: str = RESULTS) -> str:
+    """Each point with a baseline and DCM: DCM's and DML's margins per network, with the fit."""
+    rows = []
+    for name in names:
+        table = load(name, results)
+        if table is None:
+            continue
+        m = per_method(table)
+        if "baseline" not in m or "dcm" not in m:
+            continue
+        b = m["baseline"]
+        vs = {k: " / ".join(margin(m[k][n], b[n]).text() for n in ("net1", "net2"))
+              if k in m else "" for k in ("dcm", "dml")}
+        data = "CIFAR-10" if name.startswith("cifar10") else "Fashion-MNIST"
+        rows.append([data, nets(table), budget(table), f"{_acc(b, 'acc1')} / {_acc(b, 'acc2')}",
+                     vs["dcm"], vs["dml"], str(b["net1"].n), f"{test_images(table):,}",
+                     where(name), f"[{name}](results/{name}.json)"])
+    return _md(["data", "networks", "train images × epochs", "baseline train acc net1 / net2 (%)",
+                "DCM − baseline, net1 / net2 (points; spread)", "DML − baseline, net1 / net2",
+                "seeds", "test images", "machine", "results"], rows)
+
+
+def network_table(names: list[str], results: str = RESULTS) -> str:
+    """Per-network errors of every method, each against the baseline, with fit and time."""
+    rows = []
+    for name in names:
+        table = load(name, results)
+        if table is None:
+            continue
+        m = per_method(table)
+        for method in [x for x in METHODS if x in m]:
+            r, b = m[method], m.get("baseline")
+            vs = ["", ""] if method == "baseline" or b is None else \
+                [margin(r[n], b[n]).text() for n in ("net1", "net2")]
+            t = time_multiple(table, method)
+            rows.append([budget(table), method, r["net1"].text(), r["net2"].text(), *vs,
+                         f"{_acc(r, 'acc1')} / {_acc(r, 'acc2')}", f"{t:.2f}" if t else "",
+                         ", ".join(map(str, seeds(table, method)))])
+    return _md(["train images × epochs", "method", "net1 error (%)", "net2 error (%)",
+                "net1 − baseline (spread)", "net2 − baseline (spread)",
+                "train acc net1 / net2 (%)", "epoch time × baseline, as run", "seeds"], rows)
+
+
+def per_seed_table(names: list[str], results: str = RESULTS) -> str:
+    """Each run against the baseline of the same seed (the same training subset)."""
+    rows = []
+    for name in names:
+        table = load(name, results)
+        if table is None:
+            continue
+        base = seeds(table, "baseline")
+        for method in [r["method"] for r in table["rows"] if r["method"] != "baseline"]:
+            cells = []
+            for seed, run in seeds(table, method).items():
+                if seed in base:
+                    d = [run[n]["test_error"]["logits"] - base[seed][n]["test_error"]["logits"]
+                         for n in ("net1", "net2")]
+                    cells.append(f"seed {seed}: {d[0]:+.2f} / {d[1]:+.2f}")
+            rows.append([budget(table), nets(table), method, "; ".join(cells)])
+    return _md(["train images × epochs", "networks", "method",
+                "− baseline of the same seed, net1 / net2 (points)"], rows)
+
+
+def pair_table(names: list[str], results: str = RESULTS) -> str:
+    """Pair-mean error (a seed's two networks averaged first), every method against baseline."""
+    rows = []
+    for name in names:
+        table = load(name, results)
+        if table is None:
+            continue
+        m = per_method(table)
+        for method in [x for x in METHODS if x in m]:
+            r, b = m[method], m.get("baseline")
+            vs = "" if method == "baseline" or b is None else margin(r["pair"], b["pair"]).text()
+            t = time_multiple(table, method)
+            rows.append([budget(table), method, r["pair"].text(), vs, r["net1"].text(),
+                         r["net2"].text(), r["acc"].text(1) if "acc" in r else "",
+                         f"{t:.2f}" if t else "", str(r["pair"].n)])
+    return _md(["train images × epochs", "method", "pair error (%)", "− baseline (spread)",
+                "net1 error (%)", "net2 error (%)", "train acc (%)",
+                "epoch time × baseline, as run", "seeds"], rows)
+
+
+def factor_table(reference: str, factors: list[tuple[str, str]], results: str = RESULTS) -> str:
+    """DCM with one flag changed, against DCM and the baseline of the reference config."""
+    ref = load(reference, results)
+    if ref is None:
+        return f"(no results yet: {reference})"
+    m = per_method(ref)
+    rows = [("baseline (no distillation)", m["baseline"]), ("DCM, paper's loss", m["dcm"])]
+    rows += [(label, per_method(t)["dcm"]) for n, label in factors
+             if (t := load(n, results)) is not None]
+    return _md(["DCM variant (one change from the recipe)", "pair error (%)",
+                "− DCM (spread)", "− baseline (spread)", "train acc (%)", "seeds"],
+               [[label, r["pair"].text(), margin(r["pair"], m["dcm"]["pair"]).text(),
+                 margin(r["pair"], m["baseline"]["pair"]).text(),
+                 r["acc"].text(1) if "acc" in r else "", str(r["pair"].n)] for label, r in rows])
+
+
+def status_table(groups: list[tuple[str, list[str]]], results: str = RESULTS) -> str:
+    """Each config of a study: whether it has results, with how many runs, failed and missing."""
+    rows = []
+    for label, patterns in groups:
+        names = expand(patterns, results)
+        if not names:
+            rows.append([label, f"`{patterns[0]}`", "config not committed yet", "", ""])
+        for name in names:
+            config = os.path.join(results, "configs", f"{name}.json")
+            link = f"[{name}](results/configs/{name}.json)" if os.path.exists(config) else name
+            table = load(name, results)
+            if table is None:
+                rows.append([label, link, "**not run yet** (no results file)", "", ""])
+                continue
+            runs = len(table["runs"])
+            failed, missing = table.get("failed_runs") or [], table.get("missing_runs") or []
+            state = "finished" if not failed and not missing else "incomplete"
+            rows.append([label, link, f"{state}: [results](results/{name}.json)", f"{runs} runs",
+                         f"{len(failed)} failed, {len(missing)} missing"])
+    return _md(["study", "config", "status", "runs reported", "failed / missing"], rows)
+
+
+def matched_table(dcm_config: str, matched: list[str], results: str = RESULTS) -> str:
+    """DCM of `dcm_config` against the methods trained longer for the same compute (S2)."""
+    names = [dcm_config] + expand(matched, results)
+    waiting = [n for n in names if load(n, results) is None]
+    if len(names) < 2 or waiting:
+        return _md(["compute-matched comparison"], [[
+            "waiting for results: " + ", ".join(waiting or [f"`{matched[0]}` (no config)"])]])
+    dcm = per_method(load(dcm_config, results)).get("dcm")
+    if dcm is None:
+        return _md(["compute-matched comparison"], [[f"{dcm_config} has no DCM runs"]])
+    rows = [[budget(load(dcm_config, results)), "dcm", dcm["net1"].text(), dcm["net2"].text(),
+             "", "", str(dcm["net1"].n)]]
+    for name in names[1:]:
+        table = load(name, results)
+        for method, r in per_method(table).items():
+            rows.append([budget(table), method, r["net1"].text(), r["net2"].text(),
+                         *(margin(dcm[n], r[n]).text() for n in ("net1", "net2")),
+                         str(r["net1"].n)])
+    return _md(["train images × epochs", "method", "net1 error (%)", "net2 error (%)",
+                "DCM − this, net1 (spread)", "DCM − this, net2 (spread)", "seeds"], rows)
+
+
+def record_table(results: str = RESULTS) -> str:
+    """Every config and every results file under docs/results/, and what became of it."""
+    names = sorted({os.path.basename(p)[:-5] for d in (results, os.path.join(results, "configs"))
+                    for p in glob.glob(os.path.join(d, "*.json"))})
+    rows = []
+    for name in names:
+        has_config = os.path.exists(os.path.join(results, "configs", f"{name}.json"))
+        table = load(name, results)
+        state = "not run yet" if table is None else (
+            f"{len(table['runs'])} runs, {len(table.get('failed_runs') or [])} failed, "
+            f"{len(table.get('missing_runs') or [])} missing")
+        rows.append([name, "yes" if has_config else "no",
+                     f"[json]({name}.json)" if table else "", state, NOTES.get(name, "")])
+    return _md(["config", "config file", "results", "runs", "note"], rows)
+
+
+def cost_table(pattern: str = COST_FILES) -> str:
+    """The CIFAR setup's train-step rates per benchmark file, and DCM's multiple of the pair."""
+    rows = []
+    for path in sorted(glob.glob(pattern)):
+        with open(path) as f:
+            report = json.load(f)
+        rate = {r["config"]: r["images_per_s"] for r in report["results"]
+                if r.get("precision", "float32") == "float32"}
+        gflop = {r["config"]: r.get("gflop_per_image") for r in report["results"]}
+        onednn = report["machine"].get("onednn_enabled")
+        machine = report["machine"]
+        cpu = (f"{machine.get('cpu_kind', '')} (family {machine.get('cpu_family', '?')}, model "
+               f"{machine.get('cpu_model_number', '?')})")
+        rows.append([report["date"], cpu,
+                     {True: "on", False: "off"}.get(onednn, "not recorded"),
+                     *(f"{rate[c]:.0f}" if c in rate else "" for c in ("pair", "dml", "dcm")),
+                     f"{rate['pair'] / rate['dcm']:.2f}" if "pair" in rate and "dcm" in rate
+                     else "", f"{gflop['dcm'] / gflop['pair']:.2f}" if gflop.get("pair")
+                     and gflop.get("dcm") else "",
+                     f"[{os.path.basename(path)}](../benchmarks/results/{os.path.basename(path)})"])
+    return _md(["measured", "CPU", "oneDNN", "pair img/s", "DML img/s", "DCM img/s",
+                "DCM step × pair's", "DCM FLOPs × pair's", "output"], rows)
+
+
+TABLES = {
+    "answer": lambda: answer_table(ANSWER),
+    "study_status": lambda: status_table(STUDY),
+    "compute_matched": lambda: matched_table("cifar10_n2000_e100", ["cifar10_n2000_e*_matched"]),
+    "step_cost": cost_table,
+    "cifar_equal": lambda: network_table(expand(CIFAR_EQUAL)),
+    "cifar_hetero": lambda: network_table(CIFAR_HETERO),
+    "cifar_per_seed": lambda: per_seed_table(expand(CIFAR_EQUAL) + CIFAR_HETERO),
+    "fmnist_gpu": lambda: pair_table(FMNIST_GPU),
+    "fmnist_gpu_factors": lambda: factor_table("fmnist_n2048_e100", FACTORS_GPU),
+    "fmnist_cpu_replication": lambda: pair_table(["fmnist_n1024_e200_cpu"]),
+    "fmnist_cpu": lambda: pair_table(FMNIST_CPU),
+    "fmnist_cpu_factors": lambda: factor_table("fmnist_n4096_e2", FACTORS_CPU),
+    "fmnist_n1024_e16_factor": lambda: factor_table("fmnist_n1024_e16", FACTORS_1024),
+    "fmnist_single_seed": lambda: network_table(["fmnist_n60000_e2_timing",
+                                                 "fmnist_n2048_e10_timing"]),
+    "fmnist_demo": lambda: network_table(["fmnist_n128_e60", "fmnist_n128_e120"]),
+    "fmnist_mnv3small": lambda: network_table(["fmnist_n128_e200_mnv3small"]),
+    "record": record_table,
+}
+BLOCK = re.compile(r"(<!-- table:([\w-]+) -->\n)(.*?)(<!-- /table -->)", re.S)
+
+
+def render(text: str, tables: dict | None = None) -> str:
+    """`text` with every marked table regenerated; an unknown name is an error."""
+    tables = TABLES if tables is None else tables
+
+    def fill(match):
+        name = match.group(2)
+        if name not in tables:
+            raise KeyError(f"unknown table {name!r}; known: {', '.join(sorted(tables))}")
+        return f"{match.group(1)}{tables[name]()}\n{match.group(4)}"
+
+    return BLOCK.sub(fill, text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true",
+                        help="write nothing; exit 1 when a doc differs from a regeneration")
+    args = parser.parse_args(argv)
+    stale = []
+    for path in DOCS:
+        with open(path) as f:
+            old = f.read()
+        new = render(old)
+        if new != old:
+            stale.append(os.path.relpath(path, REPO))
+            if not args.check:
+                with open(path, "w") as f:
+                    f.write(new)
+    if args.check and stale:
+        print(f"out of date: {', '.join(stale)}; run python docs/make_accuracy_tables.py",
+              file=sys.stderr)
+        return 1
+    print(("rewrote: " + ", ".join(stale)) if stale else "tables up to date")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
