@@ -35,13 +35,20 @@ class InputError(UserError):
     """Data that `DCM` refuses (a ValueError, so existing handlers still catch it)."""
 
 
-def network_heads(network: keras.Model) -> List[str]:
+def network_heads(network: keras.Model, position: Optional[int] = None) -> List[str]:
     """The head names of a network, shallow to deep, with `"logits"` last.
 
-    Raises a clear error for a model that is not functional or has no `"logits"` output.
+    Raises a clear error for a model that is not functional or has no `"logits"` output, and a
+    TypeError naming `position` (0-based, in DCM's list) for anything that is not a Keras model.
     """
     if not isinstance(network, keras.Model):
-        raise TypeError(f"Expected a keras.Model, got {type(network).__name__}.")
+        where = "" if position is None else f" as net{position + 1}"
+        got = f"{type(network).__name__} {network!r}" if isinstance(network, str) else \
+            type(network).__name__
+        raise TypeError(f"Expected a keras.Model{where}, got a {got}: DCM takes built "
+                        "functional networks, e.g. dcm_keras.networks.build('wrn_16_2', "
+                        "num_classes); network names are accepted by experiments.train's --nets, "
+                        "not by DCM.")
     hint = ("dcm_keras.networks.attach_heads(model) turns a functional or Sequential classifier "
             "into one, adding auxiliary heads.")
     if isinstance(network, keras.Sequential):

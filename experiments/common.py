@@ -12,8 +12,9 @@ import os
 import platform
 import shutil
 import statistics
+import sys
 import tempfile
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple, Union
 
 # method -> (auxiliary heads?, connections preset). The paper's Table 1 names.
 METHODS: Dict[str, Tuple[bool, str]] = {
@@ -47,14 +48,83 @@ class UserError(ValueError):
     """
 
 
+class DamagedJSON(ValueError):
+    """Text that is not valid JSON, or nested too deeply for Python to read; `msg` says which
+    (and `pos` where, when known), as `json.JSONDecodeError` does."""
+
+    def __init__(self, msg: str, pos: Optional[int] = None):
+        super().__init__(msg if pos is None else f"{msg} at character {pos}")
+        self.msg, self.pos = msg, pos
+
+
+def parse_json(data: Union[str, bytes]):
+    """`data` parsed as JSON: the one reader of every JSON file and flag the scripts read.
+
+    Raises DamagedJSON (a ValueError) for anything unreadable, so the callers' one-line "damaged"
+    message covers it: invalid JSON, undecodable bytes, and nesting deeper than the interpreter
+    can recurse (`[[[[...`), which `json.loads` answers with a RecursionError, not a ValueError.
+    """
+    try:
+        return json.loads(data)
+    except json.JSONDecodeError as error:
+        raise DamagedJSON(error.msg, error.pos) from None
+    except UnicodeDecodeError as error:
+        raise DamagedJSON(f"not UTF-8 text ({error.reason})", error.start) from None
+    except RecursionError:
+        raise DamagedJSON("nested deeper than Python can read (about "
+                          f"{sys.getrecursionlimit()} levels)") from None
+
+
 def read_json(path: str) -> Optional[dict]:
     """The JSON object in `path`, or None when the file is absent or unreadable (half-written)."""
     try:
-        with open(path) as f:
-            value = json.load(f)
+        with open(path, "rb") as f:
+            value = parse_json(f.read())
     except (OSError, ValueError):
         return None
     return value if isinstance(value, dict) else None
+
+
+def load_json_object(path: str, what: str) -> dict:
+    """The JSON object in file `path`; UserError naming `what`, the path and the problem when it
+    is missing, damaged or not an object."""
+    try:
+        with open(path, "rb") as f:
+            value = parse_json(f.read())
+    except OSError as error:
+        raise UserError(f"{what} {path} cannot be read ({error.strerror or one_line(error)}).")
+    except DamagedJSON as error:
+        raise UserError(f"{what} {path} is damaged: {error}.") from None
+    if not isinstance(value, dict):
+        raise UserError(f"{what} {path} must hold a JSON object, not a {type(value).__name__}.")
+    return value
+
+
+def check_path_flag(value: Optional[str], flag: str) -> None:
+    """Refuses an empty path: `--model_dir=$UNSET` would otherwise write into the current folder.
+    """
+    if value is not None and not value.strip():
+        raise UserError(f"{flag} is empty ({value!r}); give a path (an unset shell variable "
+                        "expands to nothing).")
+
+
+def check_output_file(path: Optional[str], flag: str) -> None:
+    """Refuses an output file path that cannot be written as a file (empty, a folder, or below
+    a file), before any work whose result it would hold."""
+    if path is None:
+        return
+    check_path_flag(path, flag)
+    full = os.path.abspath(path)
+    if os.path.isdir(full):
+        raise UserError(f"{flag} {path} is a folder; give a file path, e.g. "
+                        f"{os.path.join(path, 'result.json')}.")
+    parent = os.path.dirname(full)
+    while not os.path.lexists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise UserError(f"{flag} {path} cannot be created: {parent} is a file, not a folder.")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {path} cannot be created: {parent} is not writable.")
 
 
 def _stem_and_extension(name: str) -> Tuple[str, str]:
@@ -100,16 +170,24 @@ def write_json(path: str, value) -> None:
     write_text(path, json.dumps(value, indent=2, sort_keys=False, default=_json_default) + "\n")
 
 
-def check_free_space(directory: str, needed: int, what: str) -> None:
+def check_free_space(directory: str, needed: int, what: str,
+                     where: Optional[str] = None) -> None:
     """Raises OSError(ENOSPC) with a clear message when `directory` has less than `needed` bytes.
 
     Checked before large writes: HDF5 reacts to a full disk with a storm of errors and can crash
-    the process, and a failed write is better refused before it starts.
+    the process, and a failed write is better refused before it starts. The message names
+    `where` (the folder as the user knows it), else `directory` with a `/proc/self/fd/N` path
+    (a folder held open) resolved to the folder it is.
     """
     free = shutil.disk_usage(directory).free
     if free < needed:
+        if where is None:
+            where = directory
+            if directory.startswith("/proc/self/fd/"):
+                with contextlib.suppress(OSError):
+                    where = os.readlink(directory)
         raise OSError(errno.ENOSPC, f"not enough disk space for {what}: it needs about "
-                      f"{needed / 2**20:.1f} MiB and {directory} has {free / 2**20:.1f} MiB free")
+                      f"{needed / 2**20:.1f} MiB and {where} has {free / 2**20:.1f} MiB free")
 
 
 def _json_default(value):
@@ -241,3 +319,16 @@ def one_line(error: BaseException) -> str:
     """An exception as a single line, for `sys.exit(f"error: ...")`."""
     text = " ".join(str(error).split())
     return text or type(error).__name__
+
+
+def image_folder_summary(dataset: str, info, num_train: int, num_test: int) -> str:
+    """One line on what an image folder holds and what a run uses of it (`info`: its
+    `dcm_keras.data.DatasetInfo`), so a wrong folder or a forgotten class shows before training."""
+    names = list(info.class_names or ())
+    shown = ", ".join(names[:8]) + (f", ... ({len(names) - 8} more)" if len(names) > 8 else "")
+    used = "" if (num_train, num_test) == (info.num_train, info.num_test) else (
+        f"; using {num_train} and {num_test} (stratified subsets)")
+    height, width, channels = info.image_shape
+    return (f"Image folder {dataset[len('image_folder:'):]}: {info.num_classes} classes ({shown}), "
+            f"{info.num_train} training and {info.num_test} test images{used}; resized to "
+            f"{height}x{width}x{channels}.")

@@ -10,6 +10,10 @@ Every run is a `python -m experiments.train` subprocess with its own run directo
 interrupted comparison picks up where it stopped: finished runs are reused, killed ones resume.
 A finished run is never overwritten; one that was made with other settings stops the comparison.
 The table (`table.md`, `table.json`) and the plot (`comparison.png`) land in `<work_dir>/<preset>/`.
+They tabulate every finished run of the config's rows and methods in the work dir made with its
+settings, whatever its seed: running `--seeds=0,1` and later `--seeds=2` gives one table over
+seeds 0-2 (`--no_train` rebuilds it without training). A failed run's last log lines are printed;
+a SIGTERM stops the runs in progress as Ctrl-C does. A config may list at most 1,000 runs.
 
 `--jobs=N` trains up to N runs at the same time (many small runs on one GPU or many cores); the
 table does not depend on N, but the epoch times are then contended. `--no_train` trains nothing
@@ -24,9 +28,12 @@ under the table and a `"description"` of its own (not recorded with the results)
 
 from __future__ import annotations
 
+import collections
 import json
 import os
+import re
 import shlex
+import signal
 import statistics
 import subprocess
 import sys
@@ -40,7 +47,7 @@ from absl import app, flags
 from experiments import common
 from experiments import run_dir as run_folder
 from experiments.common import UserError
-from experiments.config import OPERATIONAL_FLAGS, RUN_FLAGS
+from experiments.config import OPERATIONAL_FLAGS, RUN_FLAGS, check_flag_value
 
 # The presets: comparison config files, in the same format as --config (copy one to start your
 # own). Each one's "description" says what it is for; it is not recorded with the results.
@@ -69,7 +76,8 @@ flags.DEFINE_enum("preset", "demo", preset_names(),
 flags.DEFINE_string("config", None, "JSON file with a custom comparison (replaces --preset).")
 flags.DEFINE_string("work_dir", "runs/compare", "Where the runs, table and plot go.")
 flags.DEFINE_list("methods", None, f"Override the methods ({', '.join(common.METHODS)}).")
-flags.DEFINE_list("seeds", None, "Override the seeds, e.g. 0,1,2.")
+flags.DEFINE_list("seeds", None, "Override the seeds, e.g. 0,1,2. The table also takes in the "
+                  "finished runs of other seeds an earlier invocation left in --work_dir.")
 flags.DEFINE_integer("epochs", None, "Override the epochs of every run.", lower_bound=1)
 flags.DEFINE_integer("max_train_examples", None, "Override the training subset size.",
                      lower_bound=1)
@@ -91,25 +99,49 @@ PER_RUN = ("method", "nets", "seed", "model_dir", "overwrite")
 TRAIN_FLAGS = tuple(f for f in RUN_FLAGS + OPERATIONAL_FLAGS if f not in PER_RUN)
 
 
+# Configs beyond this many runs are refused before anything starts: a typo such as
+# `"seeds": list(range(100000))` would otherwise queue days of training (docs/run_directory.md).
+MAX_RUNS = 1000
+
+
+def _check_list(config: dict, key: str, what: str, test) -> None:
+    """Refuses `config[key]` unless it is a non-empty list whose items pass `test`."""
+    value = config.get(key)
+    if not isinstance(value, list) or not value:
+        raise UserError(f"The comparison config needs a non-empty {key!r} list, got "
+                        f"{json.dumps(value)}.")
+    for item in value:
+        if not test(item):
+            raise UserError(f"The comparison config's {key!r} holds {json.dumps(item)}; each "
+                            f"entry must be {what}.")
+
+
 def load_config(preset: str, config_path: Optional[str], methods: Optional[Sequence[str]],
                 seeds: Optional[Sequence[str]], epochs: Optional[int],
                 max_train_examples: Optional[int]) -> dict:
-    """The comparison to run: a preset or a config file, with the command line's overrides."""
+    """The comparison to run: a preset or a config file, with the command line's overrides.
+
+    Every key is type-checked before anything runs (UserError naming the key, the value and
+    what it must be), and more than MAX_RUNS runs are refused.
+    """
+    common.check_path_flag(config_path, "--config")
     path = config_path or preset_path(preset)
-    config = common.read_json(path)
-    if config is None:
-        raise UserError(f"--config {path} is missing or not a JSON object.")
+    config = common.load_json_object(path, "The comparison config")
     unknown_keys = sorted(set(config) - set(CONFIG_KEYS))
     if unknown_keys:  # a typo ("train_flag") would otherwise run the defaults silently
         raise UserError(f"The comparison config {path} has unknown key(s) "
                         f"{', '.join(map(repr, unknown_keys))}; valid: {', '.join(CONFIG_KEYS)}.")
     config.setdefault("name", os.path.splitext(os.path.basename(path))[0])
+    for key in ("name", "description", "note"):
+        if key in config and not isinstance(config[key], str):
+            raise UserError(f"The comparison config's {key!r} is {json.dumps(config[key])}; it "
+                            "must be a string.")
     config.pop("description", None)
-    for key in ("rows", "methods", "seeds"):
-        if not isinstance(config.get(key), list) or not config[key]:
-            raise UserError(f"The comparison config needs a non-empty {key!r} list, got "
-                            f"{json.dumps(config.get(key))}.")
     config.setdefault("train_flags", {})
+    if not isinstance(config["train_flags"], dict):
+        raise UserError(f"The comparison config's 'train_flags' is "
+                        f"{json.dumps(config['train_flags'])}; it must be a JSON object of "
+                        "experiments.train flags, e.g. {\"epochs\": 10}.")
     if methods:
         config["methods"] = list(methods)
     if seeds:
@@ -121,37 +153,41 @@ def load_config(preset: str, config_path: Optional[str], methods: Optional[Seque
         config["train_flags"]["epochs"] = epochs
     if max_train_examples:
         config["train_flags"]["max_train_examples"] = max_train_examples
-    unknown = [m for m in config["methods"] if m not in common.METHODS]
-    if unknown:
-        raise UserError(f"Unknown method(s) {', '.join(unknown)}; valid: "
-                        f"{', '.join(common.METHODS)}.")
+    _check_list(config, "rows", "a non-empty list of network names",
+                lambda nets: isinstance(nets, list) and nets)
+    _check_list(config, "methods", f"one of {', '.join(common.METHODS)} (a string)",
+                lambda m: isinstance(m, str) and m in common.METHODS)
+    _check_list(config, "seeds", "an integer from 0 to 2**32 - 1",
+                lambda s: isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**32)
+    runs = len(config["rows"]) * len(config["methods"]) * len(config["seeds"])
+    if runs > MAX_RUNS:
+        raise UserError(f"The comparison has {len(config['rows'])} rows x "
+                        f"{len(config['methods'])} methods x {len(config['seeds'])} seeds = "
+                        f"{runs} runs; at most {MAX_RUNS} are accepted (split it into several "
+                        "configs).")
     if "baseline" not in config["methods"]:
         print("note: no baseline among the methods; the time multiple column is left empty.")
-    if not isinstance(config["train_flags"], dict):
-        raise UserError("train_flags must be a JSON object of experiments.train flags.")
-    for key in config["train_flags"]:
+    for key, value in config["train_flags"].items():
         if key in PER_RUN:
             raise UserError(f"train_flags may not set {key!r}: the comparison sets it per run.")
         if key not in TRAIN_FLAGS:
             raise UserError(f"train_flags may not set {key!r}: it is not a run flag of "
                             f"experiments.train. Valid: {', '.join(TRAIN_FLAGS)}.")
-    if not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**32
-               for s in config["seeds"]):
-        raise UserError(f"Seeds must be integers from 0 to 2**32 - 1, got {config['seeds']!r}.")
+        check_flag_value(key, value, "The comparison config's train_flags")
     # They become folder names under --work_dir: nothing may lead out of it.
     common.check_name(config["name"], "The comparison name")
     for nets in config["rows"]:
-        if not isinstance(nets, list) or not nets:
-            raise UserError(f"Each row must be a non-empty list of networks, got {nets!r}.")
         for net in nets:
             common.check_name(net, "Network name")
-    # Two runs with the same row, method and seed would share one run folder.
-    keys = [("/".join(nets), method, seed) for nets in config["rows"]
-            for method in config["methods"] for seed in config["seeds"]]
-    twice = sorted({key for key in keys if keys.count(key) > 1})
+    # Two runs with the same row, method and seed would share one run folder (counted in one
+    # pass: a quadratic check took minutes on large configs).
+    counts = collections.Counter(("/".join(nets), method, seed) for nets in config["rows"]
+                                 for method in config["methods"] for seed in config["seeds"])
+    twice = sorted(key for key, n in counts.items() if n > 1)
     if twice:
         raise UserError("The comparison lists the same run more than once ("
-                        + "; ".join(f"{n} {m} seed {s}" for n, m, s in twice)
+                        + "; ".join(f"{n} {m} seed {s}" for n, m, s in twice[:10])
+                        + ("; ..." if len(twice) > 10 else "")
                         + "): rows, methods and seeds must not repeat.")
     return config
 
@@ -174,6 +210,39 @@ def _same_value(recorded, wanted) -> bool:
         return [float(x) for x in a.split(",")] == [float(x) for x in b.split(",")]
     except ValueError:
         return False
+
+
+def _setting_differences(done: dict, train_flags: Dict[str, object]) -> List[str]:
+    """The run flags whose value in a finished run's results.json differs from `train_flags`.
+
+    Operational flags (--backup_every) are not recorded and do not change results.
+    """
+    return [k for k, v in train_flags.items()
+            if k in RUN_FLAGS and not _same_value(done["flags"].get(k), v)]
+
+
+def earlier_runs(config: dict, work_dir: str, listed: set) -> Dict[tuple, dict]:
+    """Finished runs of the config's rows and methods in `work_dir` under seeds it does not list
+    (`listed` holds the keys it does), made with its settings: what an invocation with other
+    `--seeds` left, tabulated with this one's. Runs with other settings are left out."""
+    found = {}
+    for nets in config["rows"]:
+        folder = os.path.join(work_dir, config["name"], "-".join(nets))
+        try:
+            entries = sorted(os.listdir(folder))
+        except OSError:
+            continue
+        for entry in entries:
+            match = re.fullmatch(r"(?P<method>.+)_seed(?P<seed>[1-9][0-9]*|0)", entry)
+            path = os.path.join(folder, entry)
+            if match is None or match["method"] not in config["methods"] or os.path.islink(path):
+                continue
+            key = (tuple(nets), match["method"], int(match["seed"]))
+            done = None if key in listed else run_folder.completed_results(path)
+            if done is not None and not _setting_differences(done, {
+                    "method": key[1], "nets": list(nets), **config["train_flags"]}):
+                found[key] = done
+    return found
 
 
 def run_dir(work_dir: str, name: str, nets: Sequence[str], method: str, seed: int) -> str:
@@ -240,14 +309,25 @@ def run_one(directory: str, train_flags: Dict[str, object], concurrent: int = 1
     return run_folder.completed_results(directory)
 
 
-def _last_error_line(directory: str) -> str:
+# How many of a failed run's last train.log lines compare.py prints under its FAILED line.
+LOG_TAIL_LINES = 8
+
+
+def _log_tail(directory: str, count: int = LOG_TAIL_LINES) -> Tuple[str, List[str]]:
+    """`(the error line, the last `count` lines)` of the latest attempt in a run's train.log.
+
+    The error line is its last `error:` or absl `FATAL` line (absl ends a flag error with a
+    line pointing to --helpshort, which says nothing of what was wrong).
+    """
     try:
-        with open(os.path.join(directory, "train.log")) as f:
-            lines = [line.strip() for line in f if line.strip()]
+        with open(os.path.join(directory, "train.log"), errors="replace") as f:
+            lines = [line.rstrip() for line in f if line.strip()]
     except OSError:
-        return ""
-    errors = [line for line in lines if line.startswith("error:")]
-    return (errors or lines or [""])[-1]
+        return "", []
+    starts = [k for k, line in enumerate(lines) if line.startswith("$ ")]
+    lines = lines[starts[-1] + 1:] if starts else lines  # this attempt's, not an earlier one's
+    errors = [line for line in lines if line.startswith(("error:", "FATAL"))]
+    return (errors or lines or [""])[-1].strip(), lines[-count:]
 
 
 def mean_std(values: Sequence[float]) -> Dict[str, float]:
@@ -324,6 +404,27 @@ def verdict_lines(comparisons: List[dict]) -> List[str]:
     return lines
 
 
+def closing_lines(comparisons: List[dict]) -> List[str]:
+    """What the user's own table says of DCM against the baseline, in one line, and where the
+    measured study is: nothing is claimed beyond these runs."""
+    dcm = [v for c in comparisons if c["method"] == "dcm" for v in c["networks"].values()]
+    judged = [v for v in dcm if v["exceeds_spread"] is not None]
+    better = [v for v in judged if v["exceeds_spread"] and v["margin"] > 0]
+    if not dcm:
+        line = "This table has no DCM and baseline rows to compare."
+    elif not judged:
+        line = ("In these runs DCM cannot be judged against the baseline: with one seed on a "
+                "side there is no seed spread (run more seeds).")
+    elif better:
+        line = (f"In these runs DCM's error is lower than the baseline's by more than the seed "
+                f"spread for {len(better)} of {len(judged)} networks.")
+    else:
+        line = ("In these runs DCM's margin over the baseline does not exceed the seed spread "
+                "for any network: these seeds do not separate it from the baseline.")
+    return [line, f"How the margin depended on data and budget in the measured study: "
+                  f"{ACCURACY_GUIDE}"]
+
+
 def summarize(config: dict, results: Dict[tuple, dict]) -> List[dict]:
     """One table row per (networks, method): error mean/std per network and the time multiple."""
     rows = []
@@ -390,8 +491,9 @@ def markdown_table(config: dict, rows: List[dict], notes: Sequence[str] = ()) ->
         cells += [f"{t:.1f}" if t else "", f"{x:.2f}" if x else "", str(len(row["seeds"]))]
         lines.append("| " + " | ".join(cells) + " |")
     flags_text = ", ".join(f"{k}={_flag_text(v)}" for k, v in config["train_flags"].items())
+    seeds = sorted({s for row in rows for s in row["seeds"]}) or config["seeds"]
     lines += ["", f"Test error of each network's final classifier, mean ± sample std over seeds "
-                  f"{', '.join(map(str, config['seeds']))}; train acc = final-epoch training accuracy "
+                  f"{', '.join(map(str, seeds))}; train acc = final-epoch training accuracy "
                   f"(augmented batches), mean over networks and seeds; time = median training "
                   f"time of an epoch (the first, which also traces the graphs, left out when "
                   f"there are more) relative to baseline. Settings: {flags_text}."
@@ -420,21 +522,23 @@ def plot(config: dict, rows: List[dict], path: str) -> None:
         for k, name in enumerate(nets):
             key = f"net{k + 1}"
             xs = [i + (k - (len(nets) - 1) / 2) * width for i in range(len(mine))]
-            ax.bar(xs, [r["test_error"][key]["mean"] for r in mine], width,
-                   yerr=[r["test_error"][key]["std"] or 0.0 for r in mine], capsize=4,
-                   label=f"{key} ({name})", color=f"C{k}")
+            bars = ax.bar(xs, [r["test_error"][key]["mean"] for r in mine], width,
+                          yerr=[r["test_error"][key]["std"] or 0.0 for r in mine], capsize=4,
+                          label=f"{key} ({name})", color=f"C{k}")
+            # Bars start at 0 (a cut axis made them look truncated); the numbers carry the
+            # small differences between methods.
+            ax.bar_label(bars, fmt="%.2f", fontsize=7, label_type="center", color="white")
         ax.set_xticks(range(len(methods)), methods)
         ax.set_ylabel("test error (%)")
         ax.set_title(" / ".join(nets))
         errors = [r["test_error"][f"net{k + 1}"] for r in mine for k in range(len(nets))]
-        if errors:  # zoom in (bars start above 0): methods differ by little next to the error
-            low = min(e["mean"] - (e["std"] or 0.0) for e in errors)
-            high = max(e["mean"] + (e["std"] or 0.0) for e in errors)
-            margin = max(high - low, 1.0)
-            ax.set_ylim(max(0.0, low - margin), high + 0.3 * margin)
+        high = max((e["mean"] + (e["std"] or 0.0) for e in errors), default=1.0)
+        ax.set_ylim(0.0, max(high, 1.0) * 1.3)  # room for the legend above the bars
         ax.grid(axis="y", alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle(f"{config['name']}: mean ± std over {len(config['seeds'])} seeds")
+        ax.legend(fontsize=8, loc="upper center", ncol=len(nets))
+    seeds = len({s for r in rows for s in r["seeds"]})
+    fig.suptitle(f"{config['name']}: mean ± std over {seeds} seeds" if seeds > 1 else
+                 f"{config['name']}: one seed (no spread)")
     fig.tight_layout()
     with common.replacing(path) as tmp:
         fig.savefig(tmp, dpi=100)
@@ -471,8 +575,9 @@ def train_all(runs: Sequence[Tuple[Key, str, Dict[str, object], str]], jobs: int
         if _stopping.is_set():
             return None  # killed by the interruption; its FAILED line would only be noise
         if done is None:
-            say(f"{label}: FAILED ({_last_error_line(directory)}); log in "
-                f"{os.path.join(directory, 'train.log')}")
+            error, tail = _log_tail(directory)
+            say(f"{label}: FAILED ({error}); the end of its log, "
+                f"{os.path.join(directory, 'train.log')}:", *[f"    {line}" for line in tail])
         else:
             say(f"{label}: done in {time.perf_counter() - run_start:.0f}s",
                 _test_error_line(label, done))
@@ -531,9 +636,7 @@ def compare(config: dict, work_dir: str, jobs: int = 1, no_train: bool = False) 
             else:
                 to_train.append((key, directory, train_flags, label))
             continue
-        # Operational flags (--backup_every) are not recorded and do not change results.
-        diffs = [k for k, v in train_flags.items()
-                 if k in RUN_FLAGS and not _same_value(done["flags"].get(k), v)]
+        diffs = _setting_differences(done, train_flags)
         if diffs:
             raise UserError(f"{directory} holds a finished run with other settings "
                             f"({', '.join(diffs)}); it is kept: use another --work_dir.")
@@ -556,6 +659,12 @@ def compare(config: dict, work_dir: str, jobs: int = 1, no_train: bool = False) 
     # In the config's order, whichever finished first: the rows, the JSON and even the last
     # digit of every mean are then the same for any --jobs.
     results = {key: results[key] for key in keys if key in results}
+    earlier = earlier_runs(config, work_dir, set(keys))
+    if earlier:
+        print(f"Also tabulating {len(earlier)} finished run(s) of this comparison that an earlier "
+              "invocation left in the work dir (seeds "
+              f"{', '.join(map(str, sorted({seed for _, _, seed in earlier})))}).", flush=True)
+        results.update(earlier)
 
     notes = []
     if no_train:
@@ -569,6 +678,10 @@ def compare(config: dict, work_dir: str, jobs: int = 1, no_train: bool = False) 
         notes.append(f"{len(missing)} of the {len(keys)} runs had not finished and are left out "
                      "(missing_runs in table.json).")
     rows = summarize(config, results)
+    if not rows:  # every run failed: an empty table would only hide the tables of earlier runs
+        print(f"No run of comparison {config['name']!r} finished, so no table was written.",
+              flush=True)
+        return len(failed)
     table = markdown_table(config, rows, notes)
     common.write_text(os.path.join(out_dir, "table.md"), table)
     common.write_json(os.path.join(out_dir, "table.json"), {
@@ -593,15 +706,27 @@ def compare(config: dict, work_dir: str, jobs: int = 1, no_train: bool = False) 
     if rows:
         print(f"Plot:        {os.path.join(out_dir, 'comparison.png')}")
     print(f"TensorBoard: tensorboard --logdir {out_dir}")
-    print(f"Where DCM helps, on natural images too: {ACCURACY_GUIDE}")
+    for line in closing_lines(versus_baseline(config, rows)):
+        print(line)
     print(f"Done in {time.perf_counter() - start:.0f}s.")
     return len(failed)
+
+
+def _stop_on_sigterm(signum, frame) -> None:
+    """SIGTERM (`kill`, a job scheduler, `timeout`) stops the comparison as Ctrl-C does: it
+    unwinds `train_all`, which kills the training runs it started (they resume next time);
+    without it they were left running, orphaned."""
+    print(f"Stopped by signal {signum}; the runs in progress stop here and resume next time.",
+          file=sys.stderr, flush=True)
+    raise SystemExit(128 + signum)
 
 
 def main(argv: List[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
+        common.check_path_flag(FLAGS.work_dir, "--work_dir")
         config = load_config(FLAGS.preset, FLAGS.config, FLAGS.methods, FLAGS.seeds,
                              FLAGS.epochs, FLAGS.max_train_examples)
         failures = compare(config, FLAGS.work_dir, jobs=FLAGS.jobs, no_train=FLAGS.no_train)

@@ -19,6 +19,7 @@ import json
 import math
 from typing import Dict, List, Mapping, Optional, Tuple, Union
 
+from experiments import common
 from experiments.common import METHODS, UserError
 
 # Field metadata key: False for a flag that flags.json does not record (an operational flag).
@@ -120,9 +121,9 @@ _SEQUENCES = ("nets", "lr_boundaries")
 def parse_json(text: str, what: str):
     """`text` parsed as JSON; a UserError naming `what` and the position when it is not."""
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise UserError(f"{what} is not valid JSON ({e.msg} at character {e.pos}).")
+        return common.parse_json(text)
+    except common.DamagedJSON as e:
+        raise UserError(f"{what} is not valid JSON ({e}).") from None
 
 
 def parse_connections(text: Optional[str]):
@@ -177,3 +178,35 @@ def parse_boundaries(values: List[str]) -> List[int]:
         raise UserError("--lr_boundaries must be strictly increasing epochs >= 1, got "
                         f"{','.join(values)}.")
     return epochs
+
+
+def _is_number(value, integer: bool) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return isinstance(value, int) if integer else math.isfinite(value)
+
+
+# What a flag's JSON value must be, by the field's annotation: (test, description).
+_JSON_TYPES = {
+    "int": (lambda v: _is_number(v, True), "an integer"),
+    "float": (lambda v: _is_number(v, False), "a finite number"),
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
+    "str": (lambda v: isinstance(v, str), "a string"),
+    "Tuple[str, ...]": (lambda v: isinstance(v, str) or (isinstance(v, list) and all(
+        isinstance(x, str) or _is_number(x, True) for x in v)),
+                        "a list of strings or integers (or one comma-separated string)"),
+}
+
+
+def check_flag_value(name: str, value, where: str) -> None:
+    """Refuses a JSON `value` of the wrong type for run flag `name` (a config's train_flags),
+    naming `where`, the flag, the value and what it must be."""
+    annotation = next(f.type for f in dataclasses.fields(TrainConfig) if f.name == name)
+    optional = annotation.startswith("Optional[")
+    base = annotation[len("Optional["):-1] if optional else annotation
+    test, expected = _JSON_TYPES[base]
+    if (value is None and optional) or test(value):
+        return
+    raise UserError(f"{where} {name!r} is {json.dumps(value)}; it must be {expected}"
+                    + (" or null" if optional else "") + ".")
+

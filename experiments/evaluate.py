@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+import zipfile
 from typing import Dict, List, Optional, Tuple
 
 from absl import app, flags
@@ -38,16 +39,22 @@ def _define_flags() -> None:
     flags.DEFINE_string("dataset", None,
                         "cifar10, cifar100, fashion_mnist, imagenet2012 or image_folder:PATH. Default: "
                         "the dataset of the run the model is in (its flags.json or results.json), "
-                        "else the one matching the network's input contract.")
+                        "else the one matching the network's input contract. Needed for a file "
+                        "with neither (a whole DCM checkpoint outside its run folder): that is "
+                        "checked before the model loads.")
     flags.DEFINE_enum("split", "test", ["test", "train"], "Split to evaluate on.")
     flags.DEFINE_string("data_dir", None, "Dataset location (tfds data_dir or an IDX folder).")
-    flags.DEFINE_integer("image_size", None, "Input size for imagenet2012 and image folders.",
+    flags.DEFINE_integer("image_size", None, "Input size for imagenet2012 and image folders "
+                         "(default: the run's, else the size the file's input takes).",
                          lower_bound=1)
     flags.DEFINE_integer("batch_size", 256, "Evaluation batch size.", lower_bound=1)
-    flags.DEFINE_integer("max_examples", None, "Evaluate on N examples only (the first N; a seeded "
-                         "stratified subset of an image folder).",
+    flags.DEFINE_integer("max_examples", None, "Evaluate on N examples only (the first N of a "
+                         "built-in dataset; a seeded stratified subset of an image folder). "
+                         "Default: the whole split, not the subset a run's --max_test_examples "
+                         "scored, so the error can differ from the run's results.json.",
                          lower_bound=1)
-    flags.DEFINE_string("output", None, "Also write the result as JSON to this path.")
+    flags.DEFINE_string("output", None, "Also write the result as JSON to this file (checked "
+                        "before evaluating: not a folder).")
     flags.mark_flag_as_required("model")
 
 
@@ -86,6 +93,60 @@ def contract_dataset(contract: Optional[dict], classes: int, model_path: str) ->
     return found[0]
 
 
+def peek_keras_file(model_path: str) -> Optional[Dict[str, object]]:
+    """What a `.keras` file's config.json says without loading the model (which takes TensorFlow
+    and, for a large network, minutes): `{"contract": whether it carries an input contract,
+    "image_shape": the first input layer's (H, W, C) or None}`; None when it cannot be read
+    (loading then reports why)."""
+    try:
+        with zipfile.ZipFile(model_path) as archive:
+            config = common.parse_json(archive.read("config.json"))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return None
+    if not isinstance(config, dict):
+        return None
+    layers = (config.get("config") or {}).get("layers") or []
+    names = {(layer.get("config") or {}).get("name") for layer in layers
+             if isinstance(layer, dict) and isinstance(layer.get("config"), dict)}
+    stack, shape = [config], None
+    # The first input layer or network of the library's (`input_shape` in its config), however
+    # deeply a DCM nests it.
+    while stack and shape is None:
+        item = stack.pop(0)
+        if isinstance(item, dict):
+            config = item.get("config") if isinstance(item.get("config"), dict) else {}
+            if item.get("class_name") == "InputLayer" and isinstance(config.get("batch_shape"),
+                                                                     list):
+                shape = tuple(config["batch_shape"][1:])
+            elif isinstance(config.get("input_shape"), list) and len(config["input_shape"]) == 3:
+                shape = tuple(config["input_shape"])
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return {"contract": {"normalize", "rescale"} <= names, "image_shape": shape}
+
+
+def check_before_loading(model_path: str, dataset: Optional[str], image_size: Optional[int]
+                         ) -> Optional[int]:
+    """Refuses, before the model is loaded, a file whose dataset cannot be known: no --dataset,
+    no run record beside it and no input contract (a DCM checkpoint, a bare network). Returns the
+    image size to evaluate a resizable dataset at when none is given and the file has no contract
+    (which would otherwise say it): the size of the file's input layer."""
+    peek = peek_keras_file(model_path)
+    if peek is None or peek["contract"]:
+        return image_size
+    if dataset is None:
+        raise UserError(f"{model_path} carries no input contract (a whole DCM or a bare network) "
+                        "and no flags.json or results.json beside it names its run's dataset: "
+                        "give --dataset (and --image_size for imagenet2012 or an image folder).")
+    shape = peek["image_shape"]
+    resizable = dataset.startswith("image_folder") or dataset == "imagenet2012"
+    if image_size is None and resizable and shape and len(shape) == 3 and shape[0] == shape[1] \
+            and isinstance(shape[0], int):
+        return shape[0]
+    return image_size
+
+
 def evaluate(model_path: str, dataset: Optional[str] = None, split: str = "test",
              data_dir: Optional[str] = None, image_size: Optional[int] = None,
              batch_size: int = 256, max_examples: Optional[int] = None) -> Dict[str, object]:
@@ -94,18 +155,24 @@ def evaluate(model_path: str, dataset: Optional[str] = None, split: str = "test"
     `dataset=None` takes the run's dataset (`run_dataset`), else the one the network's input
     contract matches (`contract_dataset`). Top-5 error is None when there are 5 classes or fewer
     (it would be 0 by construction). Raises UserError (a ValueError) when the network does not
-    fit the dataset.
+    fit the dataset. The whole split is scored (or its first `max_examples`), not the subset a
+    run's --max_test_examples evaluated on.
     """
-    import tensorflow as tf
-
-    from dcm_keras import DCM, data, input_contract, load_network
-
+    common.check_path_flag(model_path, "--model")
     dataset_from, run = "--dataset", run_dataset(model_path) if dataset is None else None
     if run is not None:
         dataset, run_data_dir, run_image_size, dataset_from = run
         data_dir = data_dir if data_dir is not None else run_data_dir
         image_size = image_size if image_size is not None else run_image_size
     common.check_data_dir(data_dir)
+    # Before TensorFlow starts and the model loads: a DCM checkpoint outside its run folder
+    # used to be refused only after both.
+    image_size = check_before_loading(model_path, dataset, image_size)
+
+    import tensorflow as tf
+
+    from dcm_keras import DCM, data, input_contract, load_network
+
     model = load_network(model_path)
     contract = input_contract(model)
     if dataset is None:
@@ -195,6 +262,11 @@ def evaluate(model_path: str, dataset: Optional[str] = None, split: str = "test"
 def main(argv: List[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    try:  # cheap checks first: TensorFlow and the model take a while to load
+        common.check_path_flag(FLAGS.model, "--model")
+        common.check_output_file(FLAGS.output, "--output")
+    except UserError as e:
+        sys.exit(f"error: {common.one_line(e)}")
     from dcm_keras.errors import UserError as LibraryError  # imports TensorFlow: after flags
 
     try:

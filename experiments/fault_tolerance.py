@@ -49,6 +49,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 import time
 from typing import Optional
 
@@ -119,7 +120,7 @@ def read_metadata(folder) -> Optional[dict]:
         data = folder.read_bytes(METADATA_FILE)
         if data is None:
             return None
-        meta = json.loads(data)
+        meta = common.parse_json(data)
     except (OSError, ValueError) as error:
         raise CheckpointError(f"the backup metadata {path} is unreadable "
                               f"({common.one_line(error)}){START_OVER}") from None
@@ -294,11 +295,46 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
         super().on_train_end(logs)
 
     def checkpoint_bytes(self) -> int:
-        """About how much disk a checkpoint takes (weights, optimizer state, HDF5 overhead)."""
-        variables = list(self.model.weights) + list(getattr(self.model.optimizer, "variables",
-                                                            []))
-        size = sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in variables)
-        return int(size * 1.1) + len(variables) * 4096 + 2**20
+        """About how much disk a checkpoint takes (weights, optimizer state, HDF5 overhead).
+
+        Before the first step a new run's optimizer has no state yet: its slots are counted as
+        they will be (one per trainable weight for SGD with momentum, two otherwise, as Adam),
+        or the estimate came out at about half a checkpoint.
+        """
+        def nbytes(v) -> int:
+            return int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize
+
+        optimizer = self.model.optimizer
+        variables = list(self.model.weights)
+        size = sum(nbytes(v) for v in variables)
+        if optimizer is not None and getattr(optimizer, "built", True):
+            slots = list(optimizer.variables)
+            size += sum(nbytes(v) for v in slots)
+        elif optimizer is not None:
+            per_weight = (int(bool(getattr(optimizer, "momentum", 0)))
+                          if isinstance(optimizer, keras.optimizers.SGD) else 2)
+            slots = list(self.model.trainable_weights) * per_weight
+            size += sum(nbytes(v) for v in slots)
+        else:
+            slots = []
+        return int(size * 1.1) + (len(variables) + len(slots)) * 4096 + 2**20
+
+    def check_room(self, out) -> None:
+        """Refuses to start a run whose checkpoints cannot fit in `out` (its run folder, a
+        `run_dir.Folder`): at its peak it holds two at once (the committed one and the next,
+        written before the older is removed), less a committed checkpoint already on disk,
+        which the first save replaces. The message names the run folder."""
+        needed = 2 * self.checkpoint_bytes()
+        try:
+            meta = read_metadata(self.restore_folder)
+        except (CheckpointError, OSError):
+            meta = None
+        if meta and isinstance(meta.get("weights"), str) and self.restore_folder is self.folder:
+            info = self.folder.lstat(meta["weights"])
+            if info is not None and stat.S_ISREG(info.st_mode):
+                needed -= info.st_size
+        common.check_free_space(out.proc_path(), needed, "this run's checkpoints",
+                                where=out.path)
 
     @compat.override(keras.callbacks.BackupAndRestore)  # checks Keras still calls it, as (self)
     def _save_model(self):
@@ -309,7 +345,7 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
         # HDF5 meets a full disk with a storm of errors and can crash the process: refuse first.
         # The margin covers HDF5's per-dataset overhead and the metadata file.
         common.check_free_space(folder.proc_path(), self.checkpoint_bytes(),
-                                f"the checkpoint of epoch {epoch}")
+                                f"the checkpoint of epoch {epoch}", where=folder.path)
         with folder.replacing(name) as tmp:
             self.model.save_weights(tmp, overwrite=True)
         size, sha256 = folder.checksum(name)

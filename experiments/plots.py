@@ -26,6 +26,7 @@ def plot_test_error(history: List[dict], network_heads: Dict[str, Tuple[str, Lis
 
     fig, ax = plt.subplots(figsize=(8.5, 4.5))
     aux_styles = [("--", "s"), (":", "^"), ("-.", "v"), ((0, (5, 1, 1, 1, 1, 1)), "D")]
+    epochs, errors = set(), []
     for k, (net, (arch, heads)) in enumerate(network_heads.items()):
         for depth, head in enumerate(heads):
             key = f"val_{net}_{head}_acc"
@@ -34,15 +35,24 @@ def plot_test_error(history: List[dict], network_heads: Dict[str, Tuple[str, Lis
                 continue
             final = head == "logits"
             style, marker = ("-", "o") if final else aux_styles[depth % len(aux_styles)]
-            ax.plot([row["epoch"] + 1 for row in rows],
-                    [common.error_percent(row[key]) for row in rows], color=f"C{k}",
+            ys = [common.error_percent(row[key]) for row in rows]
+            epochs.update(row["epoch"] + 1 for row in rows)
+            errors += ys
+            ax.plot([row["epoch"] + 1 for row in rows], ys, color=f"C{k}",
                     linestyle=style, linewidth=1.8 if final else 1.1,
                     alpha=1.0 if final else 0.75, marker=marker if len(rows) < 20 else None,
-                    markersize=3, label=f"{net} ({arch})" if final else f"{net} {head}")
+                    markersize=3 if len(rows) > 1 else 7,
+                    label=f"{net} ({arch})" if final else f"{net} {head}")
+    if len(epochs) == 1:  # one evaluation: a lone dot on an axis of +-0.4 points said nothing
+        epoch = next(iter(epochs))
+        ax.set_xlim(epoch - 1, epoch + 1)
+        ax.set_ylim(0.0, min(105.0, max(errors) * 1.2 + 1.0))
+        ax.set_title(f"{title} (one evaluation)")
+    else:
+        ax.set_title(title)
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("test error (%)")
-    ax.set_title(title)
     ax.grid(alpha=0.3)
     # Outside the axes, so it never covers a curve.
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)

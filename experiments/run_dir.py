@@ -34,6 +34,7 @@ import os
 import re
 import secrets
 import stat
+import weakref
 from typing import Dict, Iterable, Iterator, List, Optional
 
 from experiments import common
@@ -360,9 +361,9 @@ class RunDirectory(Folder):
             names: List[str] = []
             if data is not None:
                 try:
-                    value = json.loads(data)
+                    value = common.parse_json(data)
                     names = [n for n in value.get("files", []) if _valid_entry(n)]
-                except (ValueError, AttributeError):
+                except (ValueError, AttributeError, TypeError):
                     print(f"warning: {os.path.join(self.path, MANIFEST_FILE)} is unreadable; "
                           "only the files this run writes from now on are known as its own.",
                           flush=True)
@@ -523,18 +524,45 @@ def history_text(rows: List[dict]) -> str:
     return out.getvalue()
 
 
+def _close_all(descriptors: List[int]) -> None:
+    while descriptors:
+        with contextlib.suppress(OSError):
+            os.close(descriptors.pop())
+
+
 class HistoryFile:
     """history.csv, rewritten whole (atomically) after every epoch from the rows kept in memory.
 
     A link or another file put at its name during the run is replaced, with a warning, by the
-    complete history: the run's results never depend on what is at the name when it ends.
+    complete history: the run's results never depend on what is at the name when it ends. What
+    the run last wrote there is held open, so its inode number cannot be given to a file or link
+    put there instead (which then passed for it), and the type is compared as well.
     """
 
     def __init__(self, folder: Folder, name: str = common.HISTORY_FILE):
         self.folder, self.name = folder, name
         data = folder.read_bytes(name)
         self.rows = parse_history(data.decode(errors="replace")) if data else []
-        self._written = folder.lstat(name)
+        self._held: List[int] = []  # the descriptor of what is at the name, while held
+        weakref.finalize(self, _close_all, self._held)
+        self._hold()
+
+    def _hold(self) -> None:
+        _close_all(self._held)
+        try:
+            fd = self.folder.open_read(self.name)
+        except UserError:  # a link put there since: the next `add` says so and replaces it
+            fd = None
+        if fd is not None:
+            self._held.append(fd)
+
+    def _replaced(self) -> bool:
+        """Whether what is at the name now is not the file this run last wrote (or found)."""
+        if not self._held:
+            return False
+        now, held = self.folder.lstat(self.name), os.fstat(self._held[0])
+        return now is None or (now.st_dev, now.st_ino, stat.S_IFMT(now.st_mode)) != (
+            held.st_dev, held.st_ino, stat.S_IFMT(held.st_mode))
 
     def add(self, epoch: int, logs: dict) -> None:
         row = {"epoch": int(epoch)}
@@ -544,14 +572,16 @@ class HistoryFile:
             except (TypeError, ValueError):
                 row[key] = math.nan
         self.rows = [r for r in self.rows if r["epoch"] < epoch] + [row]
-        now = self.folder.lstat(self.name)
-        if self._written is not None and (now is None or (now.st_dev, now.st_ino) != (
-                self._written.st_dev, self._written.st_ino)):
+        if self._replaced():
             print(f"warning: {os.path.join(self.folder.path, self.name)} was replaced or removed "
                   f"during the run (it is now {_describe_entry(self.folder, self.name)}); "
                   "rewriting it from the rows this run keeps.", flush=True)
         self.folder.write_text(self.name, history_text(self.rows))
-        self._written = self.folder.lstat(self.name)
+        self._hold()
+
+    def close(self) -> None:
+        """Lets go of the file held open (also done when the object is collected)."""
+        _close_all(self._held)
 
     def complete_rows(self) -> List[dict]:
         """The rows with every key of any epoch, NaN where an epoch has none (as history.csv's
@@ -610,6 +640,7 @@ class TrainingRun:
         run writes, and links among them. Only the chief locks and creates the folder; the other
         workers of a multi-worker run only read it.
         """
+        common.check_path_flag(model_dir, "--model_dir")  # '' is the current folder otherwise
         path = os.path.abspath(model_dir)
         folder = RunDirectory.open(path, lock=chief, create=chief, manifest=chief)
         if folder is None:  # a non-chief worker before the chief has made the folder
@@ -704,7 +735,7 @@ def record_event_files(folders: List[Folder]) -> None:
 def _read_json(folder: Folder, name: str):
     try:
         data = folder.read_bytes(name)
-        value = json.loads(data) if data is not None else None
+        value = common.parse_json(data) if data is not None else None
     except (OSError, ValueError, UserError):
         return None
     return value if isinstance(value, dict) else None
@@ -722,10 +753,10 @@ def _read_flags(folder: RunDirectory, overwrite: bool) -> Optional[dict]:
     if data is None:
         return None
     try:
-        value = json.loads(data)
+        value = common.parse_json(data)
         problem = None if isinstance(value, dict) else "not a JSON object"
-    except ValueError as error:
-        problem = f"{error.msg} at character {error.pos}" if hasattr(error, "msg") else str(error)
+    except common.DamagedJSON as error:
+        problem = str(error)
     if problem is None:
         return value
     if overwrite:

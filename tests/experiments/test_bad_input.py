@@ -85,6 +85,12 @@ def outcomes(tmp_path_factory, small_folder):
         "evaluate_foreign": (["evaluate", f"--model={foreign}", "--dataset=cifar10"], {}),
         "evaluate_text": (["evaluate", f"--model={text}", "--dataset=cifar10"], {}),
         "evaluate_lambda": (["evaluate", f"--model={unsafe}", "--dataset=cifar10"], {}),
+        # An existing folder as --output: it evaluated everything, then failed to write.
+        "evaluate_output_folder": (["evaluate", f"--model={valid}", "--dataset=cifar10",
+                                    f"--output={root}"], {}),
+        "evaluate_empty_model": (["evaluate", "--model=", "--dataset=cifar10"], {}),
+        # `--work_dir=$UNSET`: the comparison's runs would land in the current folder.
+        "compare_empty_work_dir": (["compare", "--work_dir=", "--no_train"], {}),
         "keras_unknown": (_train(small_folder, root / "m7", "--nets=keras:NoSuchNet,wrn_10_1"),
                           {}),
         # InceptionV3 needs at least 75x75 inputs; the folder's are 8x8 (padded to 32x32).
@@ -241,3 +247,37 @@ def test_fashion_mnist_labels_out_of_range(tmp_path):
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 10\); 1 do not \(the first: "
                                          r"label 12 of example 2\)"):
         data.load("fashion_mnist", "train", batch_size=2, data_dir=str(tmp_path))
+
+
+def test_empty_paths_and_a_folder_as_output_are_refused_before_any_work(outcomes):
+    results, _ = outcomes
+    message = one_line_error(results["evaluate_output_folder"])
+    assert "--output" in message and "is a folder; give a file path" in message
+    assert "--model is empty" in one_line_error(results["evaluate_empty_model"])
+    assert "--work_dir is empty" in one_line_error(results["compare_empty_work_dir"])
+
+
+def test_a_dcm_checkpoint_outside_its_run_asks_for_dataset_before_loading(tmp_path,
+                                                                          monkeypatch):
+    # It used to say so only once TensorFlow had started and the model had loaded (95 s).
+    import dcm_keras
+    from dcm_keras import DCM, networks
+    from experiments import evaluate
+
+    nets = [networks.build("wrn_10_1", 3, (8, 8, 3), aux_heads=True) for _ in range(2)]
+    path = tmp_path / "dcm.keras"
+    DCM(nets).save(path)
+    assert evaluate.peek_keras_file(str(path)) == {"contract": False, "image_shape": (8, 8, 3)}
+
+    def never(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(dcm_keras, "load_network", never)
+    with pytest.raises(evaluate.UserError, match="carries no input contract .*give --dataset"):
+        evaluate.evaluate(str(path))
+    # With a dataset, the size of an image folder comes from the file's own input.
+    assert evaluate.check_before_loading(str(path), "image_folder:/x", None) == 8
+    assert evaluate.check_before_loading(str(path), "image_folder:/x", 16) == 16
+    assert evaluate.check_before_loading(str(path), "cifar10", None) is None
+    assert evaluate.peek_keras_file(str(tmp_path / "missing.keras")) is None
+

@@ -64,7 +64,7 @@ def test_methods_given_as_a_string_is_refused(outcomes):
 def test_the_same_run_twice_is_refused_before_anything_starts(outcomes):
     error = one_line_error(outcomes[0]["same_run_twice"])
     assert "the same run more than once (wrn_10_1 baseline seed 0)" in error
-    assert "Seeds must be integers from 0 to 2**32 - 1" in one_line_error(
+    assert "'seeds' holds -1; each entry must be an integer from 0 to 2**32 - 1" in one_line_error(
         outcomes[0]["negative_seed"])
     assert not (outcomes[1] / "work").exists()
 

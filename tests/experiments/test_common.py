@@ -1,6 +1,7 @@
 """The helpers behind the scripts' bookkeeping: history across resumes, flag identity, timing."""
 
 import json
+import os
 
 import pytest
 
@@ -73,3 +74,52 @@ def test_error_percent_drops_float32_noise_but_keeps_counts():
     assert common.error_percent(np.float32(0.8)) == 20.0  # 19.999998807907104 unrounded
     assert common.error_percent(np.float32(1 - 1 / 50_000)) == pytest.approx(0.002, abs=1e-12)
     assert common.error_percent(1.0) == 0.0 and common.error_percent(0.0) == 100.0
+
+
+@pytest.mark.parametrize("text", ["[" * 200000, '{"a":' * 100000, '{"a": tru'])
+def test_every_json_reader_calls_deep_nesting_damage_not_a_recursion_error(text):
+    with pytest.raises(common.DamagedJSON) as caught:
+        common.parse_json(text)
+    assert isinstance(caught.value, ValueError) and not isinstance(caught.value, RecursionError)
+    if text.startswith("[["):
+        assert "nested deeper than Python can read" in str(caught.value)
+
+
+def test_deeply_nested_json_file_is_damaged_in_one_line(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text("[" * 50000)
+    assert common.read_json(str(path)) is None
+    with pytest.raises(common.UserError, match=r"The config .*config.json is damaged: nested"):
+        common.load_json_object(str(path), "The config")
+
+
+def test_an_empty_path_is_refused(tmp_path):
+    # `--model_dir=$UNSET` wrote a whole run into the current folder.
+    for value in ("", "  "):
+        with pytest.raises(common.UserError, match="--model_dir is empty"):
+            common.check_path_flag(value, "--model_dir")
+    common.check_path_flag(None, "--model_dir")
+    common.check_path_flag("runs/x", "--model_dir")
+
+
+def test_an_output_file_that_is_a_folder_or_below_a_file_is_refused(tmp_path):
+    with pytest.raises(common.UserError, match="--output .* is a folder; give a file path"):
+        common.check_output_file(str(tmp_path), "--output")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(common.UserError, match="is a file, not a folder"):
+        common.check_output_file(str(tmp_path / "file" / "sub" / "out.json"), "--output")
+    with pytest.raises(common.UserError, match="--output is empty"):
+        common.check_output_file("", "--output")
+    common.check_output_file(str(tmp_path / "new" / "out.json"), "--output")
+
+
+def test_a_disk_message_names_the_folder_not_its_descriptor(tmp_path, monkeypatch):
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with pytest.raises(OSError, match=f"and {tmp_path} has") as caught:
+            common.check_free_space(f"/proc/self/fd/{fd}", 2**60, "this test")
+        assert "/proc/self/fd" not in str(caught.value)
+        with pytest.raises(OSError, match="and the run has"):
+            common.check_free_space(f"/proc/self/fd/{fd}", 2**60, "this test", where="the run")
+    finally:
+        os.close(fd)

@@ -219,3 +219,91 @@ def test_runs_side_by_side_split_the_cores_of_tensorflow_op_pool(tmp_path, monke
     (tmp_path / "user").mkdir()
     compare.run_one(str(tmp_path / "user"), {"seed": 0}, concurrent=2)
     assert seen == [None, "4", "3"]
+
+
+def test_runs_of_other_seeds_left_by_an_earlier_invocation_are_tabulated(tmp_path, monkeypatch,
+                                                                        capsys):
+    # `--seeds=0` then `--seeds=1` left a table of seed 1 alone.
+    from experiments import common, compare
+
+    config = {"name": "fake", "rows": [["wrn_10_1", "wrn_10_1"]], "methods": ["baseline", "dcm"],
+              "seeds": [1], "train_flags": {"epochs": 3}}
+    monkeypatch.setattr(compare, "run_one", lambda directory, train_flags, concurrent=1:
+                        fake_results(train_flags))
+    for method, seed, epochs in (("baseline", 0, 3), ("dcm", 0, 3), ("dcm", 2, 4)):
+        directory = compare.run_dir(str(tmp_path), "fake", ["wrn_10_1", "wrn_10_1"], method, seed)
+        Path(directory).mkdir(parents=True)
+        common.write_json(f"{directory}/{common.RESULTS_FILE}", fake_results(
+            {"method": method, "nets": ["wrn_10_1", "wrn_10_1"], "seed": seed, "epochs": epochs}))
+    assert compare.compare(config, str(tmp_path)) == 0
+    out = capsys.readouterr().out
+    assert "Also tabulating 2 finished run(s) of this comparison" in out and "(seeds 0)" in out
+    summary = json.loads((tmp_path / "fake" / "table.json").read_text())
+    assert [row["seeds"] for row in summary["rows"]] == [[0, 1], [0, 1]]  # not seed 2's 4 epochs
+    table = (tmp_path / "fake" / "table.md").read_text()
+    assert "mean ± sample std over seeds 0, 1;" in table
+    assert "In these runs DCM" in out and "Where DCM helps" not in out
+
+
+def test_a_failed_run_shows_the_end_of_its_log_and_leaves_no_empty_table(tmp_path, monkeypatch,
+                                                                         capsys):
+    from experiments import compare
+
+    config = {"name": "fake", "rows": [["wrn_10_1"]], "methods": ["baseline"], "seeds": [0],
+              "train_flags": {}}
+
+    def failing(directory, train_flags, concurrent=1):
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        (Path(directory) / "train.log").write_text(
+            "$ python -m experiments.train --epochs=1\nearlier attempt\n"
+            "$ python -m experiments.train --epochs=x\n"
+            "FATAL Flags parsing error: flag --epochs=x: invalid literal for int()\n"
+            "Pass --helpshort or --helpfull to see help on flags.\n")
+        return None
+
+    monkeypatch.setattr(compare, "run_one", failing)
+    assert compare.compare(config, str(tmp_path)) == 1
+    out = capsys.readouterr().out
+    assert "FAILED (FATAL Flags parsing error: flag --epochs=x: invalid literal" in out
+    assert "    Pass --helpshort or --helpfull to see help on flags." in out
+    assert "earlier attempt" not in out
+    assert "no table was written" in out and not (tmp_path / "fake" / "table.md").exists()
+
+
+@tensorflow_only
+def test_sigterm_stops_the_training_runs_as_ctrl_c_does(tmp_path, small_folder):
+    # SIGTERM used to end compare alone, its training child left running under PID 1.
+    import os
+    import signal
+
+    from cli_helpers import Watched
+
+    config = dict(tiny_config(small_folder), methods=["baseline"])
+    config["train_flags"] = dict(config["train_flags"], epochs=200)
+    path = tmp_path / "long.json"
+    path.write_text(json.dumps(config))
+    process = Watched("compare", f"--config={path}", f"--work_dir={tmp_path / 'work'}")
+    process.wait_for("training in", timeout=120)
+    lock = tmp_path / "work" / "tiny" / PAIR / "baseline_seed0" / ".dcm_lock"
+    deadline = time.monotonic() + 120
+    while not (lock.exists() and lock.read_text().strip()):  # the run's PID, once it has begun
+        assert time.monotonic() < deadline and process.proc.poll() is None, process.describe()
+        time.sleep(0.2)
+    child = int(lock.read_text())
+    process.proc.send_signal(signal.SIGTERM)
+    assert process.finish(timeout=60) == 128 + signal.SIGTERM
+    assert "Stopped by signal 15" in process.stderr
+
+    def alive(pid):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+        except FileNotFoundError:
+            return False
+
+    deadline = time.monotonic() + 10
+    while alive(child) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if alive(child):
+        os.kill(child, signal.SIGKILL)
+        pytest.fail(f"the training run {child} outlived the comparison")

@@ -77,3 +77,42 @@ def test_a_margin_inside_the_spread_is_not_a_verdict():
     assert net1["spread"] == pytest.approx(math.sqrt(8.0))
     assert net1["exceeds_spread"] is False
     assert "within the seed spread" in compare.verdict_lines(versus)[0]
+
+
+def _versus(margin, spread):
+    return [{"nets": ["a", "a"], "method": "dcm", "time_vs_baseline": 2.0, "networks": {
+        "net1": {"margin": margin, "spread": spread,
+                 "exceeds_spread": None if spread is None else abs(margin) > spread}}}]
+
+
+@pytest.mark.parametrize("margin,spread,says", [
+    (1.0, 0.2, "lower than the baseline's by more than the seed spread for 1 of 1 networks"),
+    (0.1, 0.2, "does not exceed the seed spread for any network"),
+    (-1.0, 0.2, "does not exceed the seed spread for any network"),
+    (1.0, None, "cannot be judged against the baseline: with one seed")])
+def test_the_closing_line_follows_the_users_own_table(margin, spread, says):
+    # It used to end every comparison with "Where DCM helps, on natural images too".
+    first, second = compare.closing_lines(_versus(margin, spread))
+    assert says in first and "natural images" not in first
+    assert second.endswith("docs/accuracy.md") and "measured study" in second
+    assert compare.closing_lines([])[0] == "This table has no DCM and baseline rows to compare."
+
+
+def test_the_plot_starts_at_zero_and_counts_seeds_in_the_singular(tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    config = {"name": "c", "rows": [["a", "b"]], "methods": ["baseline", "dcm"], "seeds": [0]}
+    results = {(("a", "b"), "baseline", 0): _run(0, 88.0, 89.0, 0.1, 0.1, 1.0),
+               (("a", "b"), "dcm", 0): _run(0, 86.0, 87.5, 0.1, 0.1, 1.0)}
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    compare.plot(config, compare.summarize(config, results), str(tmp_path / "c.png"))
+    fig = figures[0]
+    (ax,) = fig.axes
+    low, high = ax.get_ylim()
+    assert low == 0.0 and high > 89.0  # the bars were cut at 70 before
+    assert fig._suptitle.get_text() == "c: one seed (no spread)"
+    plt.close(fig)

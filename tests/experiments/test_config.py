@@ -86,3 +86,77 @@ def test_train_flag_validator_lists_the_data_registry():
     [names] = [ast.literal_eval(node.value) for node in tree.body if isinstance(node, ast.Assign)
                and [getattr(t, "id", None) for t in node.targets] == ["DATASETS"]]
     assert names == data.DATASETS
+
+
+CONFIG = {"name": "c", "rows": [["wrn_10_1"]], "methods": ["baseline"], "seeds": [0],
+          "train_flags": {"epochs": 1}}
+
+
+def _load(tmp_path, epochs=None, **change):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({**CONFIG, **change}))
+    return compare.load_config("demo", str(path), None, None, epochs, None)
+
+
+@pytest.mark.parametrize("change,words", [
+    # Each used to end in a traceback or, for "abc", in a failed run and an empty table.
+    ({"methods": [["dcm"]]}, r"'methods' holds \[\"dcm\"\]; each entry must be one of baseline"),
+    ({"train_flags": []}, r"'train_flags' is \[\]; it must be a JSON object"),
+    ({"train_flags": {"epochs": "abc"}}, r"train_flags 'epochs' is \"abc\"; it must be an "
+                                         r"integer\."),
+    ({"train_flags": {"lr": True}}, "'lr' is true; it must be a finite number"),
+    ({"train_flags": {"max_train_examples": 1.5}}, "an integer or null"),
+    ({"train_flags": {"lr_boundaries": [{"a": 1}]}}, "a list of strings or integers"),
+    ({"train_flags": {"deterministic": 1}}, "it must be true or false"),
+    ({"rows": ["wrn_10_1"]}, r"'rows' holds \"wrn_10_1\"; each entry must be a non-empty list"),
+    ({"name": 5}, "'name' is 5; it must be a string"),
+    ({"seeds": [-1]}, "'seeds' holds -1; each entry must be an integer from 0 to 2\\*\\*32 - 1"),
+])
+def test_a_comparison_config_of_the_wrong_types_is_refused_naming_key_and_value(
+        tmp_path, change, words):
+    with pytest.raises(common.UserError, match=words):
+        _load(tmp_path, **change)
+
+
+def test_train_flags_given_as_a_list_with_epochs_on_the_command_line_is_refused(tmp_path):
+    with pytest.raises(common.UserError, match="'train_flags' is \\[\\]"):
+        _load(tmp_path, epochs=1, train_flags=[])
+
+
+def test_the_preset_values_pass_the_type_checks():
+    for name in compare.preset_names():
+        assert compare.load_config(name, None, None, None, None, None)["train_flags"]
+
+
+def test_a_deeply_nested_config_is_damaged_in_one_line(tmp_path):
+    path = tmp_path / "deep.json"
+    path.write_text("[" * 50000)
+    with pytest.raises(common.UserError, match="deep.json is damaged: nested deeper"):
+        compare.load_config("demo", str(path), None, None, None, None)
+
+
+def test_absurdly_many_runs_are_refused_at_once(tmp_path):
+    # 100,000 seeds spent 25 minutes in a quadratic duplicate check before starting them all.
+    import time
+
+    start = time.perf_counter()
+    with pytest.raises(common.UserError, match=r"= 100000 runs; at most 1000 are accepted"):
+        _load(tmp_path, seeds=list(range(100000)))
+    assert time.perf_counter() - start < 5
+    assert compare.MAX_RUNS == 1000
+
+
+def test_the_duplicate_check_is_linear(tmp_path, monkeypatch):
+    import time
+
+    monkeypatch.setattr(compare, "MAX_RUNS", 10**6)
+    seeds = list(range(20000)) + [7]
+    start = time.perf_counter()
+    with pytest.raises(common.UserError, match=r"more than once \(wrn_10_1 baseline seed 7\)"):
+        _load(tmp_path, seeds=seeds)
+    assert time.perf_counter() - start < 5  # the quadratic check took minutes here
+
+
+def test_an_empty_config_path_is_refused():
+    with pytest.raises(common.UserError, match="--config is empty"):
+        compare.load_config("demo", "", None, None, None, None)

@@ -35,3 +35,19 @@ def test_each_head_has_its_own_style_and_the_legend_is_outside(tmp_path, monkeyp
     assert [t.get_text() for t in ax.get_legend().get_texts()] == [
         "net1 aux1", "net1 aux2", "net1 (wrn_10_1)", "net2 aux1", "net2 aux2", "net2 (wrn_10_1)"]
     plt.close(fig)
+
+
+def test_one_evaluation_is_a_visible_marker_on_an_axis_from_zero(tmp_path, monkeypatch):
+    # One evaluation used to be a 3-pixel dot on an automatic 7.6-8.4 axis.
+    history = [{"epoch": 0, "val_net1_logits_acc": 0.92}]
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    plots.plot_test_error(history, {"net1": ("wrn_10_1", ["logits"])},
+                          str(tmp_path / "test_error.png"), "baseline")
+    (ax,) = figures[0].axes
+    (line,) = ax.get_lines()
+    assert line.get_marker() == "o" and line.get_markersize() >= 6
+    low, high = ax.get_ylim()
+    assert low == 0.0 and 8.0 < high <= 105.0
+    assert ax.get_xlim() == (0.0, 2.0) and "one evaluation" in ax.get_title()
+    plt.close(figures[0])

@@ -190,3 +190,116 @@ def test_a_weights_file_replaced_by_a_link_is_refused(checkpoint, tmp_path):
     with pytest.raises(CheckpointError, match="epoch0002.weights.h5 are a symbolic link.*"
                                               "pass --overwrite"):
         AtomicBackupAndRestore(str(copy), epochs=2, identity={"epochs": 2}).restore(model)
+
+
+FLAGS = {"method": "dcm", "nets": ["wrn_10_1", "wrn_10_1"], "epochs": 2, "model_dir": "x"}
+
+
+def test_an_empty_model_dir_is_refused_and_nothing_is_written(tmp_path, monkeypatch):
+    # `--model_dir=$UNSET` wrote flags.json, history.csv, logs/, ... into the current folder.
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match="--model_dir is empty"):
+        run_dir.TrainingRun.open("", FLAGS, overwrite=False, chief=True)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name,text", [(common.FLAGS_FILE, '{"a":' * 100000),
+                                       (common.FLAGS_FILE, "[" * 200000)])
+def test_deeply_nested_flags_json_is_damaged_not_a_recursion_error(tmp_path, name, text):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / name).write_text(text)
+    with pytest.raises(UserError, match=r"flags.json is damaged \(nested deeper than Python"):
+        run_dir.TrainingRun.open(str(folder), FLAGS, overwrite=False, chief=True)
+
+
+def test_a_deeply_nested_or_ill_typed_manifest_is_only_warned_about(tmp_path, capsys):
+    for text in ["[" * 200000, '{"files": 5}']:
+        folder = tmp_path / f"run{len(text)}"
+        folder.mkdir()
+        (folder / run_dir.MANIFEST_FILE).write_text(text)
+        run = RunDirectory.open(str(folder), lock=True)
+        try:
+            assert run.recorded() == []
+        finally:
+            run.close()
+        assert "is unreadable; only the files this run writes" in capsys.readouterr().out
+
+
+def test_deeply_nested_backup_metadata_is_a_checkpoint_error(tmp_path):
+    from experiments.fault_tolerance import CheckpointError, read_metadata
+
+    backup = tmp_path / "backup"
+    backup.mkdir()
+    (backup / "training_metadata.json").write_text("[" * 200000)
+    with pytest.raises(CheckpointError, match="is unreadable .*nested deeper.*--overwrite"):
+        read_metadata(str(backup))
+
+
+def test_history_swapped_for_a_link_that_reuses_its_inode_number_is_noticed(
+        run, tmp_path, capsys, monkeypatch):
+    # A link put at the name once the file was removed can get the freed inode number; identity
+    # by (st_dev, st_ino) alone then took it for the run's own file and warned of nothing.
+    history = HistoryFile(run)
+    history.add(0, {"loss": 2.0})
+    path = tmp_path / "run" / common.HISTORY_FILE
+    written = os.lstat(path)
+    path.unlink()
+    path.symlink_to(tmp_path / "elsewhere.csv")
+    # The run holds its file open, so the number is not free for the link to take ...
+    assert os.lstat(path).st_ino != written.st_ino
+    real = run.lstat
+
+    def reused(name):  # ... and where a file system reuses it anyway, the type still differs
+        info = real(name)
+        if name != common.HISTORY_FILE or info is None:
+            return info
+        return os.stat_result((info.st_mode, written.st_ino, written.st_dev) + tuple(info)[3:])
+
+    monkeypatch.setattr(run, "lstat", reused)
+    history.add(1, {"loss": 1.0})
+    assert "replaced or removed during the run (it is now a symbolic link" in \
+        capsys.readouterr().out
+    monkeypatch.undo()
+    assert not path.is_symlink() and [r["epoch"] for r in common.read_history(str(path))] == [0, 1]
+    history.close()
+
+
+def test_the_start_up_disk_check_counts_a_new_optimizer_and_an_existing_checkpoint(
+        checkpoint, tmp_path, monkeypatch):
+    # A fresh run's estimate left out the optimizer state (no state before the first step), so
+    # two 5.55 MiB checkpoints passed a 9.1 MiB check; a resume asked for two checkpoints of room
+    # beside the one it replaces; and the message named /proc/self/fd/N.
+    import shutil
+    from collections import namedtuple
+
+    import keras
+
+    from experiments.fault_tolerance import AtomicBackupAndRestore
+
+    folder, model = checkpoint
+    fresh = keras.Sequential([keras.Input((1000,)), keras.layers.Dense(1000)])  # 4 MB
+    fresh.compile(optimizer=keras.optimizers.SGD(momentum=0.9), loss="mse")
+    callback = AtomicBackupAndRestore(str(tmp_path / "fresh"))
+    callback.set_model(fresh)
+    unbuilt = callback.checkpoint_bytes()
+    fresh.optimizer.build(fresh.trainable_variables)
+    assert unbuilt > 0.99 * callback.checkpoint_bytes()  # was about 0.6 of it
+
+    copy = tmp_path / "backup"
+    shutil.copytree(folder, copy)
+    resumed = AtomicBackupAndRestore(str(copy), epochs=2)
+    resumed.set_model(model)
+    existing = (copy / "epoch0002.weights.h5").stat().st_size
+    usage = namedtuple("usage", "total used free")
+    free = 2 * resumed.checkpoint_bytes() - existing  # just enough beside the existing one
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: usage(0, 0, free))
+    run = RunDirectory.open(str(tmp_path / "run"), lock=False, manifest=False)
+    try:
+        resumed.check_room(run)
+        monkeypatch.setattr(shutil, "disk_usage", lambda _: usage(0, 0, free - 1))
+        with pytest.raises(OSError, match=f"and {tmp_path / 'run'} has") as caught:
+            resumed.check_room(run)
+        assert "/proc/self" not in str(caught.value)
+    finally:
+        run.close()
