@@ -102,8 +102,12 @@ def with_input_contract(network: keras.Model, *, mean: Sequence[float], std: Seq
     pixels = keras.Input(shape, dtype="float32", name=RAW_INPUT)
     x = pixels
     if resize:
+        # Keras's image preprocessing layers default to `training=True` and hand that on to the
+        # layers after them: called without `training` (`model(x)`, a SavedModel's `serve`), the
+        # network's BatchNormalization would use batch statistics. Recorded in the graph (and the
+        # file), `training=False` holds unless the caller passes `training` itself.
         x = keras.layers.Resizing(height, width, interpolation="bilinear", antialias=True,
-                                  dtype="float32", name="resize")(x)
+                                  dtype="float32", name="resize")(x, training=False)
     x = keras.layers.Rescaling(1.0 / 255.0, dtype="float32", name="rescale")(x)
     x = keras.layers.Rescaling([1.0 / s for s in std], [-m / s for m, s in zip(mean, std)],
                                dtype="float32", name="normalize")(x)
@@ -111,6 +115,31 @@ def with_input_contract(network: keras.Model, *, mean: Sequence[float], std: Seq
         label = CLASS_NAMES_PREFIX + ">".join(_escape(str(c)) for c in class_names)
         x = keras.layers.Identity(dtype="float32", name=label)(x)
     return keras.Model(pixels, network(x), name=network.name)
+
+
+def fixed_size(model: keras.Model) -> keras.Model:
+    """The fixed-size form of a network that resizes inside (an image-folder `net1.keras`).
+
+    The same layers from "rescale" on, weights shared, behind a new raw-pixel input at the
+    training size: it still normalises (and records its class names) inside, but takes images
+    already resized to `input_contract(model)["image_shape"]` (as `dcm_keras.data` resizes image
+    files: bilinear, antialiased). The in-model resize is TensorFlow's `ScaleAndTranslate`, which
+    neither TFLite's built-in ops nor ONNX have; this form converts to both. A model without a
+    "resize" layer is returned as it is.
+    """
+    contract = input_contract(model)
+    if contract is None or not contract["resize"]:
+        return model
+    chain = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+    if [layer.name for layer in chain[:2]] != ["resize", "rescale"]:
+        # Only the linear chain `with_input_contract` builds can be cut after its first layer.
+        raise UserError(f"Model {model.name!r} has a 'resize' layer but not the input contract "
+                        f"chain of dcm_keras.shipping (layers: {[l.name for l in chain]}).")
+    pixels = keras.Input(tuple(contract["image_shape"]), dtype="float32", name=RAW_INPUT)
+    x = pixels
+    for layer in chain[1:]:
+        x = layer(x)
+    return keras.Model(pixels, x, name=model.name)
 
 
 def input_contract(model: keras.Model) -> Optional[Dict[str, object]]:

@@ -268,3 +268,57 @@ def test_network_config_names_input_shape_as_its_constructor(tmp_path):
     assert tuple(type(net).from_config(old).input_shape[1:]) == IMAGE
     path = dcm_keras.save_network(net, str(tmp_path / "net.keras"))
     assert dcm_keras.load_network(path).image_shape == IMAGE
+
+
+# --- convert_network: TFLite / ONNX / SavedModel files checked before they take their name ---
+
+def test_convert_network_refuses_bad_arguments(dcm, tmp_path):
+    from dcm_keras.export import convert_network
+
+    net = dcm.export_network(0)
+    with pytest.raises(ValueError, match=r"Unknown format 'tfjs'; valid: tflite, onnx, "
+                                         r"saved_model\."):
+        convert_network(net, str(tmp_path / "net1.tfjs"), "tfjs")
+    with pytest.raises(ValueError, match=r"A tflite file must end in \.tflite, got '.*net1\.onnx'"):
+        convert_network(net, str(tmp_path / "net1.onnx"), "tflite")
+    (tmp_path / "net1.onnx").write_text("keep")
+    with pytest.raises(FileExistsError, match="net1.onnx already exists; refusing to overwrite"):
+        convert_network(net, str(tmp_path / "net1.onnx"), "onnx")
+    with pytest.raises(FileNotFoundError, match="there is no folder"):
+        convert_network(net, str(tmp_path / "no" / "net1.onnx"), "onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["net1.onnx"]
+    assert (tmp_path / "net1.onnx").read_text() == "keep"
+
+
+@pytest.mark.requires_tensorflow("TFLite conversion")
+def test_a_conversion_that_computes_other_logits_is_not_kept(dcm, tmp_path, monkeypatch):
+    from dcm_keras import export
+
+    net = dcm.export_network(0)
+    real = export._RUNNERS["tflite"]
+    monkeypatch.setitem(export._RUNNERS, "tflite", lambda path, x: real(path, x) * 1.01)
+    with pytest.raises(ValueError, match=r"The tflite conversion of 'wrn_10_1' computes other "
+                                         r"logits than Keras: off by 0\.01 .*nothing written"):
+        export.convert_network(net, str(tmp_path / "net1.tflite"), "tflite")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.requires_tensorflow("SavedModel export")
+def test_convert_network_to_saved_model_replaces_only_when_asked(dcm, images, tmp_path):
+    import tensorflow as tf
+
+    from dcm_keras.export import convert_network
+
+    net = dcm.export_network(1)
+    path = tmp_path / "net2_saved_model"
+    done = convert_network(net, str(path), "saved_model")
+    assert done.difference <= 1e-4 and (path / "saved_model.pb").is_file()
+    with pytest.raises(FileExistsError):
+        convert_network(net, str(path), "saved_model")
+    (path / "stale.txt").write_text("from the folder this replaces")
+    convert_network(net, str(path), "saved_model", overwrite=True)
+    assert not (path / "stale.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]  # no temporaries
+    reloaded = tf.saved_model.load(str(path))  # keep a reference while calling it
+    served = reloaded.serve(tf.constant(images)).numpy()
+    np.testing.assert_allclose(served, to_numpy(net(images, training=False)), atol=1e-5, rtol=0)

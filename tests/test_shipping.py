@@ -1,6 +1,7 @@
 """Shipped networks: raw-pixel input contract, float32 exports, TFLite and ONNX conversion."""
 
 import os
+import pathlib
 import subprocess
 import sys
 import textwrap
@@ -180,3 +181,133 @@ def test_image_folder_export_without_resize_converts_to_tflite(trained):
                        pixels}).values()
     expected = to_numpy(model(pixels, training=False))
     assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
+
+
+# --- image folders: the fixed-size form, and conversions checked against Keras --------------
+
+@pytest.fixture(scope="module")
+def folder_network():
+    """An (untrained) network as an image-folder run ships it: raw pixels of any size in."""
+    import dataclasses
+
+    keras.utils.set_random_seed(0)
+    net = networks.build("wrn_10_1", 10, input_shape=IMAGE)
+    folder = dataclasses.replace(INFO, name="image_folder:/photos")
+    return dcm_keras.export_network(net, preprocessing=folder)
+
+
+def test_fixed_size_form_is_the_shipped_network_after_its_resize(folder_network):
+    from dcm_keras.shipping import fixed_size
+
+    fixed = fixed_size(folder_network)
+    assert tuple(fixed.input_shape) == (None,) + IMAGE
+    assert tuple(folder_network.input_shape) == (None, None, None, 3)
+    assert "resize" not in [layer.name for layer in fixed.layers]
+    full_contract = dcm_keras.input_contract(folder_network)
+    assert full_contract["resize"] is True
+    assert dcm_keras.input_contract(fixed) == {**full_contract, "resize": False}
+    # The same layers, not copies: one set of weights.
+    assert [id(w) for w in fixed.weights] == [id(w) for w in folder_network.weights]
+    # At the training size the in-model resize is the identity, so the two forms agree.
+    pixels = _pixels(4)
+    np.testing.assert_allclose(to_numpy(fixed(pixels, training=False)),
+                               to_numpy(folder_network(pixels, training=False)), rtol=1e-5,
+                               atol=1e-5)
+    assert fixed_size(fixed) is fixed  # nothing left to cut
+    bare = folder_network.layers[-1]
+    assert fixed_size(bare) is bare
+
+
+def test_a_resizing_network_infers_when_called_without_training(folder_network, tmp_path):
+    """Keras's Resizing defaults to training=True and hands it on: the network's BN must not."""
+    path = str(tmp_path / "net1.keras")
+    dcm_keras.save_network(folder_network, path)
+    pixels = _pixels(4).astype("float32")
+    for model in (folder_network, dcm_keras.load_network(path)):
+        # (Without it, this call would also move the fixture's BN statistics.)
+        np.testing.assert_allclose(to_numpy(model(pixels)),
+                                   to_numpy(model(pixels, training=False)), rtol=1e-6, atol=1e-6)
+
+
+def _as_shipped_before(model):
+    """`model` as image-folder files were written before "resize" recorded training=False."""
+    pixels = keras.Input((None, None, 3), name="pixels")
+    x = keras.layers.Resizing(*IMAGE[:2], antialias=True, name="resize")(pixels)
+    for layer in model.layers[model.layers.index(model.get_layer("resize")) + 1:]:
+        x = layer(x)
+    return keras.Model(pixels, x, name=model.name)
+
+
+@pytest.mark.requires_tensorflow("SavedModel export")
+@pytest.mark.parametrize("written", ["now", "before"])
+def test_a_resizing_network_converts_to_a_saved_model(folder_network, written, tmp_path):
+    import tensorflow as tf
+
+    from dcm_keras.export import convert_network
+
+    model = folder_network if written == "now" else _as_shipped_before(folder_network)
+    pixels = np.random.default_rng(2).integers(0, 256, (3, 13, 11, 3)).astype("float32")
+    expected = to_numpy(folder_network(pixels, training=False))
+    path = tmp_path / "net1_saved_model"
+    assert convert_network(model, str(path), "saved_model").difference <= 1e-4
+    served = tf.saved_model.load(str(path))
+    np.testing.assert_allclose(served.serve(pixels).numpy(), expected, rtol=1e-4, atol=1e-4)
+
+
+def _run_converted(path, format, pixels):
+    if format == "onnx":
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(path))
+        return session.run(None, {session.get_inputs()[0].name: pixels})[0]
+    import tensorflow as tf
+
+    interpreter = tf.lite.Interpreter(model_path=str(path))
+    runner = interpreter.get_signature_runner()
+    (name,) = runner.get_input_details()
+    return next(iter(runner(**{name: pixels}).values()))
+
+
+def _needs(format):
+    if format == "onnx":
+        pytest.importorskip("tf2onnx")  # pip install -e '.[onnx]'
+        pytest.importorskip("onnxruntime")
+
+
+@pytest.mark.requires_tensorflow("TFLite conversion, ONNX through tf2onnx")
+def test_shipping_convert_block(folder_network, tmp_path, monkeypatch):
+    """docs/shipping.md's conversion block, on an image-folder network as a run ships it."""
+    import re
+
+    _needs("onnx")
+    guide = (pathlib.Path(__file__).parents[1] / "docs" / "shipping.md").read_text()
+    (block,) = re.findall(r"<!-- run by: tests/test_shipping.py::test_shipping_convert_block -->"
+                          r"\n```python\n(.*?)^```", guide, re.S | re.M)
+    (tmp_path / "runs" / "photos").mkdir(parents=True)
+    dcm_keras.save_network(folder_network, str(tmp_path / "runs" / "photos" / "net1.keras"))
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(block, namespace)  # noqa: S102 - our own guide
+    assert tuple(namespace["fixed"].input_shape) == (None,) + IMAGE
+    assert namespace["done"].difference <= 1e-4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["net1.onnx", "net1.tflite", "runs"]
+    pixels = _pixels(6, seed=5).astype("float32")  # other images than the check's
+    expected = to_numpy(folder_network(pixels, training=False))  # the shipped form itself
+    for format in ("tflite", "onnx"):
+        got = _run_converted(tmp_path / f"net1.{format}", format, pixels)
+        assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max(), format
+
+
+@pytest.mark.requires_tensorflow("TFLite conversion, ONNX through tf2onnx")
+@pytest.mark.parametrize("format", ["tflite", "onnx"])
+def test_a_conversion_that_fails_leaves_no_file_and_names_the_op(folder_network, format,
+                                                                 tmp_path):
+    from dcm_keras.export import convert_network
+
+    _needs(format)
+    with pytest.raises(dcm_keras.UserError,
+                       match=rf"Cannot convert 'wrn_10_1' to {format}: {format} lacks the "
+                             r"TensorFlow op ScaleAndTranslate; nothing written\. .*"
+                             r"fixed_size\(model\), which takes images already resized to 8x8"):
+        convert_network(folder_network, str(tmp_path / f"net1.{format}"), format)
+    assert list(tmp_path.iterdir()) == []

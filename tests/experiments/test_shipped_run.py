@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from cli_helpers import describe, run
+from cli_helpers import describe, message_lines, one_line_error, run, tiny_train
 
 pytestmark = pytest.mark.requires_tensorflow("experiment scripts are tested on TensorFlow")
 
@@ -136,3 +136,94 @@ def test_evaluate_without_dataset_on_a_shipped_network(tmp_path):
                                         r"\(from .*flags.json\) gives \(28, 28, 1\): give "
                                         "--dataset the dataset it was trained on"):
         evaluate.evaluate(str(wrong), max_examples=50)
+
+
+# --- an image-folder run's networks convert to TFLite and ONNX (experiments.convert) --------
+
+def _jpeg_folder(root, sizes=((10, 12), (9, 14), (12, 8), (16, 16))):
+    """2 classes of JPEGs of several sizes (the network resizes them to 8x8 inside)."""
+    import numpy as np
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 4), ("test", 2)):
+        for c in range(2):
+            (root / split / f"class{c}").mkdir(parents=True)
+            for i in range(count):
+                height, width = sizes[i % len(sizes)]
+                image = rng.integers(0, 120, (height, width, 3)).astype(np.uint8)
+                image[:, :, c] += 120  # class c is brighter in channel c
+                (root / split / f"class{c}" / f"{i}.jpg").write_bytes(
+                    tf.io.encode_jpeg(image).numpy())
+    return root
+
+
+@pytest.fixture(scope="module")
+def jpeg_run(tmp_path_factory):
+    """A finished one-epoch baseline run of one WRN-10-1 on a JPEG image folder."""
+    root = tmp_path_factory.mktemp("jpeg_run")
+    folder = _jpeg_folder(root / "photos")
+    model_dir = root / "run"
+    result = run(*tiny_train(folder, model_dir, "--method=baseline", "--nets=wrn_10_1"))
+    assert result.returncode == 0, describe(result)
+    return folder, model_dir
+
+
+def test_an_image_folder_run_converts_to_tflite_and_onnx(jpeg_run):
+    pytest.importorskip("tf2onnx")  # pip install -e '.[onnx]'
+    onnxruntime = pytest.importorskip("onnxruntime")
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    folder, model_dir = jpeg_run
+    result = run("convert", f"--run_dir={model_dir}", "--format=tflite,onnx")
+    assert result.returncode == 0, describe(result)
+    assert f"-> {model_dir / 'net1.tflite'} (fixed-size form: images resized to 8x8x3" \
+        in result.stdout
+    assert not any(p.name.startswith(".") and ".tmp" in p.name for p in model_dir.iterdir())
+
+    # The user's side: JPEGs resized as dcm_keras.data resizes them, into each converted file.
+    pixels = np.stack([tf.cast(tf.clip_by_value(tf.round(tf.image.resize(
+        tf.io.decode_jpeg(path.read_bytes(), channels=3), [8, 8], antialias=True)), 0, 255),
+        tf.float32).numpy() for path in sorted(folder.glob("test/*/*.jpg"))])
+    shipped = keras.saving.load_model(str(model_dir / "net1.keras"), safe_mode=True)
+    expected = keras.ops.convert_to_numpy(shipped(pixels, training=False))  # resize: identity
+    interpreter = tf.lite.Interpreter(model_path=str(model_dir / "net1.tflite"))
+    runner = interpreter.get_signature_runner()
+    (name,) = runner.get_input_details()
+    session = onnxruntime.InferenceSession(str(model_dir / "net1.onnx"))
+    for got in (next(iter(runner(**{name: pixels}).values())),
+                session.run(None, {session.get_inputs()[0].name: pixels})[0]):
+        assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
+        assert (got.argmax(-1) == expected.argmax(-1)).all()
+
+    # Converting again refuses to replace the files unless asked.
+    again = run("convert", f"--run_dir={model_dir}", "--format=onnx")
+    assert again.returncode != 0
+    assert f"error: {model_dir / 'net1.onnx'} already exists; --overwrite replaces it." \
+        in again.stderr
+
+
+def test_converting_the_resize_to_onnx_fails_and_leaves_nothing(jpeg_run, tmp_path):
+    pytest.importorskip("tf2onnx")
+    pytest.importorskip("onnxruntime")
+    _, model_dir = jpeg_run
+    result = run("convert", f"--model={model_dir / 'net1.keras'}", "--format=onnx",
+                 "--resize=keep", f"--output_dir={tmp_path}")
+    error = one_line_error((result.returncode, message_lines(result.stderr)))
+    assert "onnx lacks the TensorFlow op ScaleAndTranslate; nothing written" in error
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_convert_names_bad_values(tmp_path):
+    """Checked before TensorFlow starts: one line naming the value and the valid ones."""
+    bad_format = run("convert", f"--run_dir={tmp_path}", "--format=tflite,coreml")
+    assert one_line_error((bad_format.returncode, message_lines(bad_format.stderr))) == (
+        "error: --format has 'coreml'; valid: tflite, onnx, saved_model.")
+    unfinished = run("convert", f"--run_dir={tmp_path}", "--format=tflite")
+    assert one_line_error((unfinished.returncode, message_lines(unfinished.stderr))) == (
+        f"error: --run_dir={tmp_path} holds no finished run (no complete results.json); "
+        "convert one file with --model.")
+    both = run("convert", f"--run_dir={tmp_path}", "--model=x.keras", "--format=onnx")
+    assert "give exactly one of --run_dir" in both.stderr
