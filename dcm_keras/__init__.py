@@ -1,7 +1,8 @@
 """dcm_keras: Dense Cross-layer Mutual-distillation (Yao & Sun, ECCV 2020) for Keras 3."""
 
-from dcm_keras import connections, losses, networks
+from dcm_keras import callbacks, connections, losses, networks
 from dcm_keras.connections import PRESETS, Edge
+from dcm_keras.callbacks import SaveBestNetwork
 from dcm_keras.errors import UserError
 from dcm_keras.export import export_saved_model, load_network, save_network
 from dcm_keras.guards import NonFiniteLossError
@@ -11,6 +12,7 @@ from dcm_keras.surgery import export_network
 
 __version__ = "0.1.0"
 
-__all__ = ["DCM", "KDWarmup", "Edge", "PRESETS", "connections", "losses", "networks", "export_network",
+__all__ = ["DCM", "KDWarmup", "SaveBestNetwork", "Edge", "PRESETS", "callbacks", "connections",
+           "losses", "networks", "export_network",
            "export_saved_model", "input_contract", "load_network", "save_network",
            "NonFiniteLossError", "UserError"]

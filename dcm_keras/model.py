@@ -10,7 +10,8 @@ The loss lives in `compute_loss` and the metrics in `compute_metrics`, so Keras'
 does the rest: gradient computation, mixed-precision loss scaling, tf.distribute reduction, XLA,
 and the JAX backend.
 The training `loss` is the whole objective; `val_loss` and `evaluate`'s `loss` are the deployable
-networks' loss, the mean final-head cross-entropy (see `compile` and `dcm_keras.monitoring`).
+networks' loss, the mean final-head cross-entropy, and `net1_loss`, ... each network's final-head
+cross-entropy, in training and validation (see `compile` and `dcm_keras.monitoring`).
 """
 
 from __future__ import annotations
@@ -73,8 +74,8 @@ class DCM(MultiWorkerFixes, keras.Model):
         networks = list(networks)
         if not networks:
             raise UserError("DCM needs at least one network.")
+        heads = [network_heads(net, k) for k, net in enumerate(networks)]
         guards.check_distinct(networks)  # the same model twice would share its weights
-        heads = [network_heads(net) for net in networks]
         # Keyed by position as well as name: networks often share a name (two "wrn_16_2"s), and a
         # dict keyed by name alone would keep only the last one and let a mismatch through.
         labels = [f"net{k + 1} ({net.name})" for k, net in enumerate(networks)]
@@ -128,7 +129,8 @@ class DCM(MultiWorkerFixes, keras.Model):
         final_heads = [net[-1] for net in self.head_ids]
         self._final_heads = np.array([self.flat_heads.index(h) for h in final_heads], np.int32)
         self._top5_heads = final_heads if self.top5 else []
-        self.dcm_metrics = monitoring.dcm_metrics(self.flat_heads, self._top5_heads)
+        self.dcm_metrics = monitoring.dcm_metrics(self.flat_heads, self._top5_heads,
+                                                  len(networks))
         # A variable rather than a Python float, so a callback can change it between epochs
         # without retracing the train function, on every backend.
         self.kd_scale = self.add_weight(shape=(), initializer="ones", trainable=False,
@@ -148,14 +150,6 @@ class DCM(MultiWorkerFixes, keras.Model):
     @property
     def wd_tracker(self) -> keras.metrics.Mean:
         return self.dcm_metrics.metrics[2]
-
-    @property
-    def head_accuracies(self) -> list:
-        return self.dcm_metrics.metrics[3:3 + len(self.flat_heads)]
-
-    @property
-    def top5_accuracies(self) -> list:
-        return self.dcm_metrics.metrics[3 + len(self.flat_heads):]
 
     # --- weights of the loss terms -------------------------------------------------------------
     def _normalized_edge_weights(self, weights: np.ndarray) -> np.ndarray:
@@ -199,6 +193,7 @@ class DCM(MultiWorkerFixes, keras.Model):
         if "shuffle" not in kwargs and validation.is_tf_dataset(x):
             kwargs["shuffle"] = False  # it shuffles itself; Keras warns that True is ignored
         callbacks = guards.with_guard(list(callbacks or []))  # after the caller's own
+        callbacks += tracing.trace_notice(self)  # says why the first epoch starts late
         if self.kd_warmup_epochs and not any(isinstance(c, KDWarmup) for c in callbacks):
             callbacks.append(KDWarmup())
         tracing.build_optimizer(self)
@@ -274,22 +269,17 @@ class DCM(MultiWorkerFixes, keras.Model):
         regularization = self.losses
         wd = (ops.sum(ops.stack([ops.cast(l, "float32") for l in regularization]))
               if regularization else ops.zeros((), "float32"))
+        per_network = monitoring.network_losses(logits, y, self._final_heads, sample_weight)
         batch = ops.shape(ops.reshape(y, (-1,)))[0]
-        self.ce_tracker.update_state(ce, sample_weight=batch)
-        self.kd_tracker.update_state(kd, sample_weight=batch)
-        self.wd_tracker.update_state(wd, sample_weight=batch)
+        self.dcm_metrics.update_losses(ce, kd, wd, per_network, batch)
         # Validation reports the deployable networks' loss (see `compile`). Keras sums gradients
         # over replicas, so each replica's share is 1/N (test_step unscales it for the tracker).
-        loss = (ce + kd + wd if training else
-                monitoring.deployable_loss(logits, y, self._final_heads, sample_weight))
-        return compat.scale_loss_for_distribution(loss)
+        loss = ce + kd + wd if training else ops.mean(per_network)
+        return compat.scale_loss_for_distribution(loss + guards.nan_unless_finite(x, self.weights))
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
-        for metric, head in zip(self.head_accuracies, self.flat_heads):
-            metric.update_state(y, y_pred[head], sample_weight=sample_weight)
-        for metric, head in zip(self.top5_accuracies, self._top5_heads):
-            # in_top_k only takes float32 predictions (bfloat16 logits under mixed_bfloat16).
-            metric.update_state(y, ops.cast(y_pred[head], "float32"), sample_weight=sample_weight)
+        self.dcm_metrics.update_accuracies(y, y_pred, self.flat_heads, self._top5_heads,
+                                           sample_weight)
         return super().compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
     # --- deployment ----------------------------------------------------------------------------

@@ -70,7 +70,8 @@ def test_fit_lowers_loss_and_every_head_learns():
     x, y = pattern_images(128, classes)
     history = dcm.fit(x, y, batch_size=32, epochs=3, shuffle=False, verbose=0).history
     heads = [f"net{k}_{h}" for k in (1, 2) for h in ("aux1", "aux2", "logits")]
-    assert set(history) == {"loss", "ce_loss", "kd_loss", "wd_loss"} | {f"{h}_acc" for h in heads}
+    assert set(history) == ({"loss", "ce_loss", "kd_loss", "wd_loss", "net1_loss", "net2_loss"}
+                            | {f"{h}_acc" for h in heads})
     assert history["loss"][-1] < history["loss"][0]
     assert history["ce_loss"][-1] < history["ce_loss"][0]
     for head in heads:
@@ -152,7 +153,8 @@ def _evaluate(classes, **kwargs):
 def test_metrics_with_100_classes_match_numpy():
     dcm, x, y, result = _evaluate(100)
     heads = ["net1_aux1", "net1_logits", "net2_aux1", "net2_logits"]
-    expected = ({"loss", "ce_loss", "kd_loss", "wd_loss"} | {f"{h}_acc" for h in heads}
+    expected = ({"loss", "ce_loss", "kd_loss", "wd_loss", "net1_loss", "net2_loss"}
+                | {f"{h}_acc" for h in heads}
                 | {"net1_logits_top5", "net2_logits_top5"})
     assert set(result) == expected
     pred = to_numpy(dcm(x, training=False))
@@ -434,6 +436,15 @@ def test_subclassed_network_is_refused():
         DCM([tiny_net("a"), sub])
     with pytest.raises(TypeError, match="Expected a keras.Model"):
         DCM([tiny_net("a"), keras.layers.Dense(3)])
+
+
+def test_a_network_name_in_place_of_a_model_is_named_with_its_position():
+    # It used to fail with a bare AttributeError ('str' object has no attribute 'weights').
+    with pytest.raises(TypeError, match=r"keras.Model as net1, got a str 'wrn_10_1'.*"
+                                        r"networks.build"):
+        DCM(["wrn_10_1", tiny_net("b")])
+    with pytest.raises(TypeError, match="as net2, got a NoneType"):
+        DCM([tiny_net("a"), None])
 
 
 @pytest.mark.parametrize("kwargs,match", [

@@ -22,6 +22,7 @@ from dcm_keras.networks import wrn  # noqa: F401
 from dcm_keras.networks import mobilenet  # noqa: F401
 from dcm_keras.networks import resnet  # noqa: F401
 from dcm_keras.networks import applications  # noqa: F401  ("keras:NAME")
+from dcm_keras.networks.applications import training_conventions
 from dcm_keras.networks.heads import HeadedModel, attach_heads
 from dcm_keras.networks.weight_decay import WeightDecay, with_weight_decay
 
@@ -47,5 +48,6 @@ def transfer_weights(source: keras.Model, target: keras.Model) -> int:
 
 __all__ = ["build", "list_networks", "list_families", "family_of", "representative", "register",
            "register_network", "register_pattern", "transfer_weights", "attach_heads",
+           "training_conventions",
            "with_weight_decay", "HeadedModel", "WeightDecay", "BN_MOMENTUM", "BN_EPSILON",
            "DEFAULT_WEIGHT_DECAY"]

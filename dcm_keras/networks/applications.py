@@ -37,8 +37,14 @@ def application_names() -> List[str]:
                   and "classifier_activation" in inspect.signature(fn).parameters)
 
 
-def _our_conventions(model: keras.Model) -> keras.Model:
-    """`model` without fixed preprocessing layers and with our BN momentum (same weights)."""
+def training_conventions(model: keras.Model) -> keras.Model:
+    """`model` as `keras:NAME` builds it: BN momentum 0.9, fixed preprocessing layers removed.
+
+    Every BatchNormalization gets our (the paper's) momentum, 0.9; every fixed `Rescaling` and
+    `Normalization` layer becomes an identity, since `dcm_keras.data` already normalises the
+    images (a backbone that normalises them again, such as EfficientNet, would do it twice).
+    Same layer names and weights (pretrained ones included); use it before `attach_heads`.
+    """
     fixed = (keras.layers.Rescaling, keras.layers.Normalization)
 
     def convert(layer):
@@ -84,7 +90,7 @@ def build_application(name: str, num_classes: int, input_shape=(32, 32, 3),
     except ValueError as e:  # e.g. InceptionV3 at 32x32: "Computed output size would be zero"
         raise UserError(f"keras:{name} cannot be built for {input_shape} images: "
                         f"{str(e).splitlines()[0] if str(e) else e}") from e
-    model = _our_conventions(model)
+    model = training_conventions(model)
     return attach_heads(model, "auto" if aux_heads else [], "replica", weight_decay,
                         name=name.lower())
 
