@@ -27,8 +27,11 @@ data:
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist; \
 	fi
 
-# The whole suite under TensorFlow, then the core library tests (the files marked
-# `pytestmark = pytest.mark.core`) again under JAX, each on TEST_WORKERS pytest-xdist workers:
+# The whole suite under TensorFlow with its oneDNN kernels on (as TensorFlow runs by itself on
+# x86 CPUs with AVX-512 VNNI/BF16 or AMX, and as the scripts run everywhere on x86), the core
+# library tests (the files marked `pytestmark = pytest.mark.core`) again with oneDNN off (the
+# Eigen kernels TensorFlow picks on AVX2-only CPUs: a NaN or a rounding can differ between the
+# two), then the core tests under JAX, each on TEST_WORKERS pytest-xdist workers:
 # most tests wait on subprocesses (TensorFlow start-up, tiny training runs), so two workers on
 # two cores take ~10 minutes where one takes ~17. `--dist loadscope` keeps each module's tests on
 # one worker, so a module-scoped fixture (a training run shared by a file's tests) runs once, not
@@ -36,7 +39,8 @@ data:
 TEST_WORKERS ?= 2
 
 test: venv data
-	KERAS_BACKEND=tensorflow TF_CPP_MIN_LOG_LEVEL=3 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope --durations=12 tests
+	KERAS_BACKEND=tensorflow TF_ENABLE_ONEDNN_OPTS=1 TF_CPP_MIN_LOG_LEVEL=3 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope --durations=12 tests
+	KERAS_BACKEND=tensorflow TF_ENABLE_ONEDNN_OPTS=0 TF_CPP_MIN_LOG_LEVEL=3 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope -m core tests
 	KERAS_BACKEND=jax TF_CPP_MIN_LOG_LEVEL=3 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope -m core tests
 
 demo: venv data

@@ -112,10 +112,12 @@ flags.DEFINE_integer("seed", 0, "Seed of initialisation, shuffling and augmentat
                      "(0 to 2**32 - 1).", lower_bound=0, upper_bound=2**32 - 1)
 flags.DEFINE_bool("deterministic", False,
                   "Also make TensorFlow ops deterministic (slower; exact reruns and resumes).")
-flags.DEFINE_integer("max_train_examples", None, "Train on the first N training examples only.",
-                     lower_bound=1)
-flags.DEFINE_integer("max_test_examples", None, "Evaluate on the first N test examples only.",
-                     lower_bound=1)
+flags.DEFINE_integer("max_train_examples", None, "Train on N training examples only: the first N "
+                     "of a built-in dataset; of an image folder, a stratified subset (every class "
+                     "in proportion) drawn with --seed.", lower_bound=1)
+flags.DEFINE_integer("max_test_examples", None, "Evaluate on N test examples only: the first N "
+                     "of a built-in dataset; of an image folder, a stratified subset drawn with "
+                     "seed 0 (the same for every run).", lower_bound=1)
 flags.DEFINE_integer("eval_every", 1, "Evaluate on the test split every N epochs (and always "
                      "after the last): long runs on small training sets spend most of their "
                      "time evaluating otherwise.", lower_bound=1)
@@ -500,6 +502,9 @@ def _prepare(config: TrainConfig, stack: contextlib.ExitStack) -> Optional[Run]:
     # The data module's RuntimeErrors: TensorFlow missing, or a tfds dataset it cannot prepare.
     with user_errors(RuntimeError):
         data = _describe_data(config)
+    if task.chief and config.dataset.startswith("image_folder:"):
+        print(common.image_folder_summary(config.dataset, data.info, data.num_train,
+                                          data.num_test), flush=True)
     nets, dcm = _build_model(config, device, data)
     out, backup, initial_epoch = _restore(config, task, device, dcm, opened, stack)
     with user_errors(RuntimeError):
@@ -509,9 +514,8 @@ def _prepare(config: TrainConfig, stack: contextlib.ExitStack) -> Optional[Run]:
         opened.start(flags_json, flagfile_text())
         backup.folder = backup.restore_folder = opened.backup_folder(create=True)
         # A disk that is already full is refused now, not after an epoch of training: two
-        # checkpoints (the committed one and the next) must fit.
-        common.check_free_space(out.proc_path(), 2 * backup.checkpoint_bytes(),
-                                "this run's checkpoints")
+        # checkpoints (the committed one and the next) must fit (fault_tolerance.check_room).
+        backup.check_room(out)
     return Run(config=config, task=task, device=device, data=data, nets=nets, dcm=dcm,
                model_dir=opened.path, run_dir=opened, out=out, backup=backup,
                initial_epoch=initial_epoch)
