@@ -319,7 +319,11 @@ def _run_tflite(path: str, inputs: np.ndarray) -> np.ndarray:
 
 
 def _run_onnx(path: str, inputs: np.ndarray) -> np.ndarray:
-    import onnxruntime
+    try:
+        import onnxruntime
+    except ImportError as error:
+        raise UserError("Checking the ONNX file needs onnxruntime (pip install onnxruntime, or "
+                        "the project's extra: pip install -e '.[onnx]'); nothing written.") from error
 
     try:
         session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])

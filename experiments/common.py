@@ -73,6 +73,8 @@ def parse_json(data: Union[str, bytes]):
     except RecursionError:
         raise DamagedJSON("nested deeper than Python can read (about "
                           f"{sys.getrecursionlimit()} levels)") from None
+    except ValueError as error:  # e.g. an integer past Python's 4,300-digit conversion limit
+        raise DamagedJSON(str(error)) from None
 
 
 def read_json(path: str) -> Optional[dict]:

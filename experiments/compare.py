@@ -221,10 +221,18 @@ def _setting_differences(done: dict, train_flags: Dict[str, object]) -> List[str
             if k in RUN_FLAGS and not _same_value(done["flags"].get(k), v)]
 
 
-def earlier_runs(config: dict, work_dir: str, listed: set) -> Dict[tuple, dict]:
+def earlier_runs(config: dict, work_dir: str, listed: set,
+                 references: Optional[Dict[tuple, dict]] = None) -> Dict[tuple, dict]:
     """Finished runs of the config's rows and methods in `work_dir` under seeds it does not list
     (`listed` holds the keys it does), made with its settings: what an invocation with other
-    `--seeds` left, tabulated with this one's. Runs with other settings are left out."""
+    `--seeds` left, tabulated with this one's. Runs with other settings are left out: those that
+    differ in a flag the config sets and, where this invocation has a finished run of the same
+    networks and method (`references`, its results by key), those whose recorded flags differ
+    from that run's in anything but the seed (a flag the config leaves at its default)."""
+    reference_flags = {}
+    for (nets, method, _), done in (references or {}).items():
+        if isinstance(done.get("flags"), dict):
+            reference_flags.setdefault((nets, method), done["flags"])
     found = {}
     for nets in config["rows"]:
         folder = os.path.join(work_dir, config["name"], "-".join(nets))
@@ -239,8 +247,12 @@ def earlier_runs(config: dict, work_dir: str, listed: set) -> Dict[tuple, dict]:
                 continue
             key = (tuple(nets), match["method"], int(match["seed"]))
             done = None if key in listed else run_folder.completed_results(path)
-            if done is not None and not _setting_differences(done, {
-                    "method": key[1], "nets": list(nets), **config["train_flags"]}):
+            if done is None or not isinstance(done.get("flags"), dict):
+                continue
+            reference = reference_flags.get(key[:2], {})
+            wanted = {**{k: v for k, v in reference.items() if k != "seed"},
+                      "method": key[1], "nets": list(nets), **config["train_flags"]}
+            if not _setting_differences(done, wanted):
                 found[key] = done
     return found
 
@@ -659,7 +671,7 @@ def compare(config: dict, work_dir: str, jobs: int = 1, no_train: bool = False) 
     # In the config's order, whichever finished first: the rows, the JSON and even the last
     # digit of every mean are then the same for any --jobs.
     results = {key: results[key] for key in keys if key in results}
-    earlier = earlier_runs(config, work_dir, set(keys))
+    earlier = earlier_runs(config, work_dir, set(keys), results)
     if earlier:
         print(f"Also tabulating {len(earlier)} finished run(s) of this comparison that an earlier "
               "invocation left in the work dir (seeds "
@@ -716,6 +728,8 @@ def _stop_on_sigterm(signum, frame) -> None:
     """SIGTERM (`kill`, a job scheduler, `timeout`) stops the comparison as Ctrl-C does: it
     unwinds `train_all`, which kills the training runs it started (they resume next time);
     without it they were left running, orphaned."""
+    # A second SIGTERM while the runs are being killed would cut that short and orphan them.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     print(f"Stopped by signal {signum}; the runs in progress stop here and resume next time.",
           file=sys.stderr, flush=True)
     raise SystemExit(128 + signum)

@@ -93,14 +93,22 @@ def contract_dataset(contract: Optional[dict], classes: int, model_path: str) ->
     return found[0]
 
 
+PEEK_LIMIT = 64 * 2**20  # bytes of config.json read before TensorFlow; real ones are far smaller
+
+
 def peek_keras_file(model_path: str) -> Optional[Dict[str, object]]:
     """What a `.keras` file's config.json says without loading the model (which takes TensorFlow
     and, for a large network, minutes): `{"contract": whether it carries an input contract,
     "image_shape": the first input layer's (H, W, C) or None}`; None when it cannot be read
     (loading then reports why)."""
     try:
-        with zipfile.ZipFile(model_path) as archive:
-            config = common.parse_json(archive.read("config.json"))
+        with zipfile.ZipFile(model_path) as archive, archive.open("config.json") as member:
+            # Read incrementally and at most PEEK_LIMIT: a crafted member can expand without
+            # bound (load_network's archive checks come later, with TensorFlow).
+            text = member.read(PEEK_LIMIT + 1)
+        if len(text) > PEEK_LIMIT:
+            return None
+        config = common.parse_json(text)
     except (OSError, KeyError, ValueError, zipfile.BadZipFile):
         return None
     if not isinstance(config, dict):

@@ -19,7 +19,10 @@ import pytest
 from cli_helpers import one_line_error, run_all
 from cli_helpers import tiny_train as _train
 
-pytestmark = pytest.mark.requires_tensorflow("experiment scripts are tested on TensorFlow")
+pytestmark = [
+    pytest.mark.large,  # runs the scripts in subprocesses: `make test-fast` skips it
+    pytest.mark.requires_tensorflow("experiment scripts are tested on TensorFlow"),
+]
 
 
 def _tiny_model_file(path: Path, lambda_layer: bool = False) -> Path:
@@ -281,3 +284,18 @@ def test_a_dcm_checkpoint_outside_its_run_asks_for_dataset_before_loading(tmp_pa
     assert evaluate.check_before_loading(str(path), "cifar10", None) is None
     assert evaluate.peek_keras_file(str(tmp_path / "missing.keras")) is None
 
+
+
+def test_peeking_at_a_keras_file_reads_a_bounded_config(tmp_path, monkeypatch):
+    # A crafted config.json that inflates past the limit is not read whole before TensorFlow.
+    import zipfile
+
+    from experiments import evaluate
+
+    monkeypatch.setattr(evaluate, "PEEK_LIMIT", 1000)
+    path = tmp_path / "big.keras"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("config.json", '{"class_name": "Functional", "pad": "' + "x" * 5000 + '"}')
+    assert evaluate.peek_keras_file(str(path)) is None
+    monkeypatch.setattr(evaluate, "PEEK_LIMIT", 10_000)
+    assert evaluate.peek_keras_file(str(path)) == {"contract": False, "image_shape": None}

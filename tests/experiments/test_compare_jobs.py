@@ -57,6 +57,7 @@ def without_timings(summary: dict) -> dict:
     return summary
 
 
+@pytest.mark.large
 @tensorflow_only
 def test_jobs_trains_every_run_and_says_times_are_contended(parallel):
     _, _, result, table, summary = parallel
@@ -70,6 +71,7 @@ def test_jobs_trains_every_run_and_says_times_are_contended(parallel):
     assert "only roughly comparable" in table
 
 
+@pytest.mark.large
 @tensorflow_only
 def test_no_train_tabulates_the_same_table(parallel):
     config_path, work_dir, _, table, summary = parallel
@@ -86,6 +88,7 @@ def test_no_train_tabulates_the_same_table(parallel):
     assert "--jobs" not in new_table and "Tabulated with --no_train" in new_table
 
 
+@pytest.mark.large
 @tensorflow_only
 def test_no_train_on_an_empty_work_dir_fails_in_one_line(parallel, tmp_path):
     config_path = parallel[0]
@@ -98,6 +101,7 @@ def test_no_train_on_an_empty_work_dir_fails_in_one_line(parallel, tmp_path):
     assert not work_dir.exists()  # nothing written, not even the table's folder
 
 
+@pytest.mark.large
 @tensorflow_only
 def test_no_train_lists_unfinished_runs_as_missing(parallel, tmp_path):
     config_path, work_dir, _, _, summary = parallel
@@ -245,6 +249,30 @@ def test_runs_of_other_seeds_left_by_an_earlier_invocation_are_tabulated(tmp_pat
     assert "In these runs DCM" in out and "Where DCM helps" not in out
 
 
+def test_runs_of_other_seeds_with_a_flag_the_config_leaves_unset_are_not_tabulated(
+        tmp_path, monkeypatch, capsys):
+    # The config sets no --max_train_examples; a run of seed 0 made with 1000 differs from this
+    # invocation's runs all the same (real runs record every run flag, defaults included).
+    from experiments import common, compare
+
+    config = {"name": "fake", "rows": [["wrn_10_1", "wrn_10_1"]], "methods": ["dcm"],
+              "seeds": [1], "train_flags": {"epochs": 3}}
+    monkeypatch.setattr(compare, "run_one", lambda directory, train_flags, concurrent=1:
+                        fake_results({**train_flags, "max_train_examples": None}))
+    for seed, subset in ((0, 1000), (2, None)):
+        directory = compare.run_dir(str(tmp_path), "fake", ["wrn_10_1", "wrn_10_1"], "dcm", seed)
+        Path(directory).mkdir(parents=True)
+        common.write_json(f"{directory}/{common.RESULTS_FILE}", fake_results(
+            {"method": "dcm", "nets": ["wrn_10_1", "wrn_10_1"], "seed": seed, "epochs": 3,
+             "max_train_examples": subset}))
+    broken = compare.run_dir(str(tmp_path), "fake", ["wrn_10_1", "wrn_10_1"], "dcm", 3)
+    Path(broken).mkdir(parents=True)
+    common.write_json(f"{broken}/{common.RESULTS_FILE}", {"complete": True, "flags": [1]})
+    assert compare.compare(config, str(tmp_path)) == 0
+    summary = json.loads((tmp_path / "fake" / "table.json").read_text())
+    assert [row["seeds"] for row in summary["rows"]] == [[1, 2]]
+
+
 def test_a_failed_run_shows_the_end_of_its_log_and_leaves_no_empty_table(tmp_path, monkeypatch,
                                                                          capsys):
     from experiments import compare
@@ -270,6 +298,7 @@ def test_a_failed_run_shows_the_end_of_its_log_and_leaves_no_empty_table(tmp_pat
     assert "no table was written" in out and not (tmp_path / "fake" / "table.md").exists()
 
 
+@pytest.mark.large
 @tensorflow_only
 def test_sigterm_stops_the_training_runs_as_ctrl_c_does(tmp_path, small_folder):
     # SIGTERM used to end compare alone, its training child left running under PID 1.
