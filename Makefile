@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
 WORK_DIR ?= runs
 
-.PHONY: demo test venv data benchmark clean-venv
+.PHONY: demo test test-fast venv data benchmark clean-venv
 
 venv: $(VENV)/.installed
 
@@ -42,6 +42,11 @@ test: venv data
 	KERAS_BACKEND=tensorflow TF_ENABLE_ONEDNN_OPTS=1 TF_CPP_MIN_LOG_LEVEL=3 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope --durations=12 tests
 	KERAS_BACKEND=tensorflow TF_ENABLE_ONEDNN_OPTS=0 TF_CPP_MIN_LOG_LEVEL=3 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope -m core tests
 	KERAS_BACKEND=jax TF_CPP_MIN_LOG_LEVEL=3 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope -m core tests
+
+# The fast loop while changing code: every test not marked `large` (those drive the scripts in
+# subprocesses), under TensorFlow, oneDNN on. `make test` still runs everything before a commit.
+test-fast: venv data
+	KERAS_BACKEND=tensorflow TF_ENABLE_ONEDNN_OPTS=1 TF_CPP_MIN_LOG_LEVEL=3 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope --durations=8 -m "not large" tests
 
 demo: venv data
 	TF_CPP_MIN_LOG_LEVEL=3 $(PY) -m experiments.compare --preset=demo --jobs=2 --work_dir=$(WORK_DIR)/demo

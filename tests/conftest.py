@@ -1,10 +1,14 @@
-"""Shared test configuration: the `core` and `requires_tensorflow` markers.
+"""Shared test configuration: the `core`, `large` and `requires_tensorflow` markers.
 
 The core tests (files with `pytestmark = pytest.mark.core`) run under every Keras backend that
 `make test` covers: the whole suite under TensorFlow, then `-m core` under JAX. A core test
 that exercises a TensorFlow-only feature (SavedModel export, tf.distribute, a comparison against
 the TensorFlow backend) is marked `@pytest.mark.requires_tensorflow("why")` and is skipped, with
 that reason, under any other backend.
+
+The large tests (`pytest.mark.large`, on a file or a test) start the scripts or TensorFlow in
+subprocesses and train tiny runs: `make test-fast` (`pytest -m "not large"`) leaves them out for
+a loop of minutes; `make test`, what CI runs, runs everything.
 """
 
 import keras
@@ -14,6 +18,8 @@ import pytest
 def pytest_configure(config):
     config.addinivalue_line(
         "markers", "core: a core library test, also run under JAX (`make test` runs -m core)")
+    config.addinivalue_line(
+        "markers", "large: starts scripts or TensorFlow in subprocesses (`make test-fast` skips)")
     config.addinivalue_line(
         "markers", "requires_tensorflow(reason): skip unless KERAS_BACKEND is tensorflow")
 

@@ -31,6 +31,7 @@ FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 pytestmark = [
+    pytest.mark.large,  # drives the scripts in subprocesses: `make test-fast` skips it
     pytest.mark.skipif(importlib.util.find_spec("jax") is None,
                        reason="jax is not installed (pip install -e '.[test]')"),
     pytest.mark.skipif(not os.path.exists(os.path.join(FASHION_MNIST, "train-images-idx3-ubyte.gz")),

@@ -127,6 +127,7 @@ def test_fashion_mnist_training_uses_the_tf_data_padding():
     assert x.shape == (64, 28, 28, 1) and set(y.tolist()) <= set(range(10))
 
 
+@pytest.mark.large
 @needs_fashion
 def test_without_tensorflow_fashion_mnist_loads_and_load_says_what_is_missing():
     # tensorflow blocked as if not installed (sys.modules[name] = None makes `import` fail).

@@ -42,6 +42,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.large  # runs subprocesses: `make test-fast` skips it
+
 WEIGHT_TOL = {"plain": 1e-5, "sync_bn": 1e-8}  # float32 / float64: see the module docstring
 METRIC_TOL = 1e-4
 CASES = ("plain", "sync_bn")

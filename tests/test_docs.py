@@ -161,6 +161,7 @@ def test_relative_links_resolve(path):
 
 # --- The guides' blocks, run ---------------------------------------------------------------
 
+@pytest.mark.large
 def test_backbones_keras_hub_block():
     pytest.importorskip("keras_hub")  # pip install -e '.[hub]'
     blocks = _marked(REPO / "docs" / "backbones.md", "test_backbones_keras_hub_block")
@@ -194,6 +195,7 @@ def _run(code, cwd):
     return result.stdout
 
 
+@pytest.mark.large
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="SavedModel and TFLite")
 def test_shipping_recipe(tmp_path):
     from dcm_keras import data
@@ -213,6 +215,7 @@ def test_shipping_recipe(tmp_path):
     assert (tmp_path / "net1.tflite").stat().st_size > 100_000
 
 
+@pytest.mark.large
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="ONNX through tf2onnx")
 def test_shipping_onnx_block(tmp_path):
     pytest.importorskip("tf2onnx")  # pip install -e '.[onnx]'

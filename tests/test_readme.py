@@ -26,6 +26,7 @@ def test_readme_has_python_examples():
     assert "dcm_keras.DCM" in blocks[0] and "fit(" in blocks[0] and "export_network" in blocks[0]
 
 
+@pytest.mark.large
 @pytest.mark.skipif(not os.path.exists(FASHION_MNIST), reason="dataset-fashion-mnist not installed")
 def test_readme_api_example_runs(tmp_path):
     script = tmp_path / "example.py"

@@ -46,6 +46,7 @@ def test_the_grouped_convolution_is_the_two_networks_convolutions():
     np.testing.assert_allclose(grouped, separate, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.large
 @needs_grouped_gradients
 def test_runs_as_a_script(tmp_path):
     import os

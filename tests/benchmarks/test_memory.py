@@ -9,7 +9,10 @@ import pytest
 
 from benchmarks import memory
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc is Linux's")
+pytestmark = [
+    pytest.mark.large,  # runs the scripts in subprocesses: `make test-fast` skips it
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc is Linux's"),
+]
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 

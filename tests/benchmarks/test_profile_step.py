@@ -47,6 +47,7 @@ def test_breakdown_counts_overlap_and_idle():
     assert sum(result["shares"].values()) == pytest.approx(1)
 
 
+@pytest.mark.large
 def test_profiles_a_real_step(tmp_path):
     out = tmp_path / "profile.json"
     command = [sys.executable, "-m", "benchmarks.profile_step", "--net=wrn_10_1",

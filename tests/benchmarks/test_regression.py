@@ -139,6 +139,7 @@ def _run(*args):
                           env=env, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.large
 def test_an_existing_output_or_a_bad_baseline_is_refused_before_measuring(tmp_path):
     out = tmp_path / "before.json"
     out.write_text("{}")
@@ -180,6 +181,7 @@ def test_memory_above_import_arithmetic():
         "- mixed_float16: ours 700 MiB, peer (-) - MiB: not compared."]
 
 
+@pytest.mark.large
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ru_maxrss in KiB is Linux's")
 def test_the_import_probe_measures_a_process_that_only_imports():
     small = memory.import_peak_rss_mb(sys.executable, "pass")

@@ -34,6 +34,7 @@ def test_forward_flops_counts_convolutions_and_dense():
     assert throughput.forward_flops(model) == 2 * 8 * 8 * 27 * 4 + 2 * 4 * 5
 
 
+@pytest.mark.large
 def test_an_unknown_net_is_one_usage_error_naming_valid_networks_before_measuring(tmp_path):
     out = tmp_path / "result.json"
     command = [sys.executable, "-m", "benchmarks.throughput", "--net=nope", "--matmul_size=16",
@@ -46,6 +47,7 @@ def test_an_unknown_net_is_one_usage_error_naming_valid_networks_before_measurin
     assert "matmul peak" not in proc.stderr and not out.exists()
 
 
+@pytest.mark.large
 def test_tiny_end_to_end(tmp_path):
     peer = tmp_path / "fake_peer.py"
     # Stands in for torch_dcm_ref.py: prints a line, then images/s last, a different rate per mode

@@ -15,7 +15,10 @@ from cli_helpers import tiny_train as _train
 
 # The scripts run with TensorFlow-only parts (tf.distribute, op determinism, tf.data); once
 # per `make test` is enough, so a session under another Keras backend skips them.
-pytestmark = pytest.mark.requires_tensorflow("experiment scripts are tested on TensorFlow")
+pytestmark = [
+    pytest.mark.large,  # runs the scripts in subprocesses: `make test-fast` skips it
+    pytest.mark.requires_tensorflow("experiment scripts are tested on TensorFlow"),
+]
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,10 @@ import pytest
 
 from cli_helpers import Watched, message_lines, one_line_error, run_all, tiny_train
 
-pytestmark = pytest.mark.requires_tensorflow("experiment scripts are tested on TensorFlow")
+pytestmark = [
+    pytest.mark.large,  # runs the scripts in subprocesses: `make test-fast` skips it
+    pytest.mark.requires_tensorflow("experiment scripts are tested on TensorFlow"),
+]
 
 BAD_FLAGS = {"weight_decay_nan": "--weight_decay=nan", "seed_negative": "--seed=-1",
              "seed_too_large": f"--seed={2**32}", "lr_nan": "--lr=nan", "lr_inf": "--lr=inf",

@@ -30,7 +30,10 @@ import pytest
 from cli_helpers import TINY_TRAIN_FLAGS, Watched, h5_arrays, message_lines, one_line_error, \
     run_all
 
-pytestmark = pytest.mark.requires_tensorflow("experiment scripts are tested on TensorFlow")
+pytestmark = [
+    pytest.mark.large,  # runs the scripts in subprocesses: `make test-fast` skips it
+    pytest.mark.requires_tensorflow("experiment scripts are tested on TensorFlow"),
+]
 
 EPOCHS = 4
 TIMEOUT = 180

@@ -16,7 +16,10 @@ import pytest
 
 from cli_helpers import TINY_TRAIN_FLAGS, Watched, free_ports, h5_arrays
 
-pytestmark = pytest.mark.requires_tensorflow("tf.distribute.MultiWorkerMirroredStrategy")
+pytestmark = [
+    pytest.mark.large,  # runs the scripts in subprocesses: `make test-fast` skips it
+    pytest.mark.requires_tensorflow("tf.distribute.MultiWorkerMirroredStrategy"),
+]
 
 EPOCHS = 2
 

@@ -9,6 +9,8 @@ import pytest
 from cli_helpers import REPO
 from experiments import X86
 
+pytestmark = pytest.mark.large  # runs subprocesses: `make test-fast` skips it
+
 PROBE = ("import os, experiments, tensorflow as tf\n"
          "from tensorflow.python.util import _pywrap_util_port as port\n"
          "print(os.environ.get('TF_ENABLE_ONEDNN_OPTS'), port.IsMklEnabled())\n")

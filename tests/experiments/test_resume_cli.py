@@ -14,7 +14,10 @@ from cli_helpers import TINY_TRAIN_FLAGS, describe, run, start
 
 # The scripts run with TensorFlow-only parts (tf.distribute, op determinism, tf.data); once
 # per `make test` is enough, so a session under another Keras backend skips them.
-pytestmark = pytest.mark.requires_tensorflow("experiment scripts are tested on TensorFlow")
+pytestmark = [
+    pytest.mark.large,  # runs the scripts in subprocesses: `make test-fast` skips it
+    pytest.mark.requires_tensorflow("experiment scripts are tested on TensorFlow"),
+]
 
 EPOCHS = 4
 

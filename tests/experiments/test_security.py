@@ -16,7 +16,10 @@ import pytest
 
 from cli_helpers import REPO, TINY_TRAIN_FLAGS, message_lines, run
 
-pytestmark = pytest.mark.requires_tensorflow("experiment scripts are tested on TensorFlow")
+pytestmark = [
+    pytest.mark.large,  # runs the scripts in subprocesses: `make test-fast` skips it
+    pytest.mark.requires_tensorflow("experiment scripts are tested on TensorFlow"),
+]
 
 SOURCE_DIRS = ("dcm_keras", "experiments", "benchmarks")
 PICKLING_MODULES = {"pickle", "cPickle", "_pickle", "dill", "cloudpickle", "joblib", "shelve",

@@ -10,7 +10,10 @@ import pytest
 
 from cli_helpers import describe, message_lines, one_line_error, run, tiny_train
 
-pytestmark = pytest.mark.requires_tensorflow("experiment scripts are tested on TensorFlow")
+pytestmark = [
+    pytest.mark.large,  # runs the scripts in subprocesses: `make test-fast` skips it
+    pytest.mark.requires_tensorflow("experiment scripts are tested on TensorFlow"),
+]
 
 FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 TEST_EXAMPLES = 300

@@ -15,6 +15,7 @@ from dcm_keras import data
 HAVE_FASHION = os.path.isfile(os.path.join(data.FASHION_MNIST_DEBIAN_DIR,
                                            "train-images-idx3-ubyte.gz"))
 pytestmark = [
+    pytest.mark.large,  # drives the scripts in subprocesses: `make test-fast` skips it
     pytest.mark.skipif(not HAVE_FASHION, reason="Debian dataset-fashion-mnist missing"),
     # Compares the JAX-trained export with a TensorFlow evaluation: once per `make test`.
     pytest.mark.requires_tensorflow("checks the JAX run against the TensorFlow backend"),

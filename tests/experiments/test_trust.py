@@ -21,7 +21,10 @@ import pytest
 
 from cli_helpers import Watched, h5_arrays, message_lines, one_line_error, run_all, tiny_train
 
-pytestmark = pytest.mark.requires_tensorflow("experiment scripts are tested on TensorFlow")
+pytestmark = [
+    pytest.mark.large,  # runs the scripts in subprocesses: `make test-fast` skips it
+    pytest.mark.requires_tensorflow("experiment scripts are tested on TensorFlow"),
+]
 TIMEOUT = 180
 
 
