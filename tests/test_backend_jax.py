@@ -41,7 +41,8 @@ pytestmark = [
 IMAGE = (28, 28, 1)
 CLASSES = 10
 HEADS = [f"net{k}_{h}" for k in (1, 2) for h in ("aux1", "aux2", "logits")]
-EXPECTED_METRICS = {"loss", "ce_loss", "kd_loss", "wd_loss"} | {f"{h}_acc" for h in HEADS}
+LOSSES = ("loss", "ce_loss", "kd_loss", "wd_loss", "net1_loss", "net2_loss")
+EXPECTED_METRICS = set(LOSSES) | {f"{h}_acc" for h in HEADS}
 
 
 def run_jax(script: str, out_dir, devices: int = 1, timeout: int = 480) -> dict:
@@ -192,11 +193,11 @@ def test_same_weights_and_batch_give_the_tensorflow_results(jax_run):
     assert reference["backend"] == "tensorflow"
     evaluate, jax_evaluate = reference["evaluate"], result["same_evaluate"]
     assert set(jax_evaluate) == set(evaluate) == EXPECTED_METRICS  # metric names as under TF
-    for name in ("loss", "ce_loss", "kd_loss", "wd_loss"):
+    for name in LOSSES:
         assert jax_evaluate[name] == pytest.approx(evaluate[name], rel=1e-5), name
         assert result["same_train_step"][name] == pytest.approx(
             reference["train_step"][name], rel=1e-5), name
-    for name in EXPECTED_METRICS - {"loss", "ce_loss", "kd_loss", "wd_loss"}:
+    for name in EXPECTED_METRICS - set(LOSSES):
         assert jax_evaluate[name] == evaluate[name], name
         assert result["same_train_step"][name] == reference["train_step"][name], name
     assert evaluate["kd_loss"] > 1e-3 and evaluate["wd_loss"] > 1e-3  # every part is exercised
