@@ -12,7 +12,7 @@ import shutil
 import tempfile
 import warnings
 import zipfile
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Tuple
 
 import keras
 import numpy as np
@@ -66,6 +66,17 @@ def _bn_input_shape(layer: keras.layers.BatchNormalization) -> tuple:
     return tuple(shape)
 
 
+def _writable_target(path: str, overwrite: bool, verb: str) -> Tuple[str, str]:
+    """(folder, name) of `path`; refuses an existing file unless `overwrite`, or a missing folder."""
+    if os.path.lexists(path) and not overwrite:
+        raise FileExistsError(f"{path} already exists; refusing to overwrite it (pass "
+                              "overwrite=True to replace it).")
+    directory, base = os.path.split(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"Cannot {verb} {path}: there is no folder {directory}.")
+    return directory, base
+
+
 def save_network(model: keras.Model, path: str, overwrite: bool = False) -> str:
     """Saves a model to a `.keras` file, refusing to replace an existing file unless asked.
 
@@ -77,12 +88,7 @@ def save_network(model: keras.Model, path: str, overwrite: bool = False) -> str:
     path = os.fspath(path)
     if not path.endswith(".keras"):
         raise UserError(f"Model files must end in .keras, got {path!r}.")
-    if os.path.lexists(path) and not overwrite:
-        raise FileExistsError(f"{path} already exists; refusing to overwrite it (pass "
-                              "overwrite=True to replace it).")
-    directory, base = os.path.split(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"Cannot save {path}: there is no folder {directory}.")
+    directory, base = _writable_target(path, overwrite, "save")
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{base[:-len('.keras')]}.", suffix=".tmp.keras",
                                    dir=directory)
@@ -194,12 +200,7 @@ def convert_network(model: keras.Model, path: str, format: str, *, overwrite: bo
     path, suffix = os.fspath(path).rstrip(os.sep) or os.fspath(path), _SUFFIXES[format]
     if not path.endswith(suffix):
         raise UserError(f"A {format} file must end in {suffix}, got {path!r}.")
-    if os.path.lexists(path) and not overwrite:
-        raise FileExistsError(f"{path} already exists; refusing to overwrite it (pass "
-                              "overwrite=True to replace it).")
-    directory, base = os.path.split(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"Cannot write {path}: there is no folder {directory}.")
+    directory, base = _writable_target(path, overwrite, "write")
     if format != "onnx" and keras.backend.backend() != "tensorflow":
         raise UserError(f"The {format} conversion needs the TensorFlow backend (current backend: "
                         f"{keras.backend.backend()}).")

@@ -130,6 +130,14 @@ def load(name: str, results: str = RESULTS) -> dict | None:
         return json.load(f)
 
 
+def finished(names: list[str], results: str = RESULTS):
+    """(name, its results) for each of `names` that has a results file, in order."""
+    for name in names:
+        table = load(name, results)
+        if table is not None:
+            yield name, table
+
+
 def expand(patterns: list[str], results: str = RESULTS) -> list[str]:
     """Config names matching `patterns` (globs) among the configs and the results, in order."""
     out = []
@@ -214,10 +222,7 @@ def _acc(r: dict, key: str = "acc") -> str:
 def answer_table(names: list[str], results: str = RESULTS) -> str:
     """Each point with a baseline and DCM: DCM's and DML's margins per network, with the fit."""
     rows = []
-    for name in names:
-        table = load(name, results)
-        if table is None:
-            continue
+    for name, table in finished(names, results):
         m = per_method(table)
         if "baseline" not in m or "dcm" not in m:
             continue
@@ -236,10 +241,7 @@ def answer_table(names: list[str], results: str = RESULTS) -> str:
 def network_table(names: list[str], results: str = RESULTS) -> str:
     """Per-network errors of every method, each against the baseline, with fit and time."""
     rows = []
-    for name in names:
-        table = load(name, results)
-        if table is None:
-            continue
+    for name, table in finished(names, results):
         m = per_method(table)
         for method in [x for x in METHODS if x in m]:
             r, b = m[method], m.get("baseline")
@@ -257,10 +259,7 @@ def network_table(names: list[str], results: str = RESULTS) -> str:
 def per_seed_table(names: list[str], results: str = RESULTS) -> str:
     """Each run against the baseline of the same seed (the same training subset)."""
     rows = []
-    for name in names:
-        table = load(name, results)
-        if table is None:
-            continue
+    for name, table in finished(names, results):
         base = seeds(table, "baseline")
         for method in [r["method"] for r in table["rows"] if r["method"] != "baseline"]:
             cells = []
@@ -277,10 +276,7 @@ def per_seed_table(names: list[str], results: str = RESULTS) -> str:
 def pair_table(names: list[str], results: str = RESULTS) -> str:
     """Pair-mean error (a seed's two networks averaged first), every method against baseline."""
     rows = []
-    for name in names:
-        table = load(name, results)
-        if table is None:
-            continue
+    for name, table in finished(names, results):
         m = per_method(table)
         for method in [x for x in METHODS if x in m]:
             r, b = m[method], m.get("baseline")
