@@ -86,8 +86,8 @@ class PrivateMethod:
 
 
 PRIVATE_METHODS = (
-    # experiments/fault_tolerance.py: BackupAndRestore.on_epoch_end calls it to write a checkpoint;
-    # the override writes it atomically.
+    # experiments/rundir/checkpoints.py: BackupAndRestore.on_epoch_end calls it to write a
+    # checkpoint; the override writes it atomically.
     PrivateMethod(keras.callbacks.BackupAndRestore, "_save_model", ("self",)),
     # dcm_keras/multi_worker.py: the TensorFlow trainer's fit/evaluate call it on the first batch.
     PrivateMethod(keras.Model, "_maybe_symbolic_build", ("self", "iterator", "data_batch"),
@@ -171,8 +171,8 @@ _loss_module = importlib.import_module("keras.src.losses.loss")
 
 
 PRIVATE_ATTRIBUTES = (
-    # experiments/fault_tolerance.py restores a backup itself and sets what Keras's callback sets:
-    # the model's starting epoch for fit and the callback's epoch counter.
+    # experiments/rundir/checkpoints.py restores a backup itself and sets what Keras's callback
+    # sets: the model's starting epoch for fit and the callback's epoch counter.
     PrivateAttribute(keras.callbacks.BackupAndRestore, "_initial_epoch"),
     PrivateAttribute(keras.callbacks.BackupAndRestore, "_current_epoch"),
     # mark_lower_is_better: the monitoring callbacks read a metric's direction from it.

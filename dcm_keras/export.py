@@ -17,7 +17,7 @@ from typing import NamedTuple, Optional, Tuple
 import keras
 import numpy as np
 
-from dcm_keras import archives, shipping
+from dcm_keras import archives, atomic, shipping
 # Importing these registers DCM and the network classes with Keras, which `load_network` needs.
 from dcm_keras._keras_compat import Functional
 from dcm_keras.errors import UserError
@@ -88,21 +88,9 @@ def save_network(model: keras.Model, path: str, overwrite: bool = False) -> str:
     path = os.fspath(path)
     if not path.endswith(".keras"):
         raise UserError(f"Model files must end in .keras, got {path!r}.")
-    directory, base = _writable_target(path, overwrite, "save")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{base[:-len('.keras')]}.", suffix=".tmp.keras",
-                                   dir=directory)
-    except OSError as error:  # e.g. a read-only folder: name the user's path, not the temporary
-        raise type(error)(error.errno, f"Cannot save {path}: {error.strerror}") from None
-    os.close(fd)
-    try:
+    _writable_target(path, overwrite, "save")
+    with atomic.replacing(path, verb="save") as tmp:
         stock_layers(model).save(tmp, overwrite=True)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.lexists(tmp):
-            os.remove(tmp)
-        raise
     return path
 
 

@@ -19,8 +19,8 @@ import json
 import math
 from typing import Dict, List, Mapping, Optional, Tuple, Union
 
-from experiments import common
 from experiments.common import METHODS, UserError
+from experiments.rundir import files
 
 # Field metadata key: False for a flag that flags.json does not record (an operational flag).
 _RECORDED = "recorded"
@@ -121,8 +121,8 @@ _SEQUENCES = ("nets", "lr_boundaries")
 def parse_json(text: str, what: str):
     """`text` parsed as JSON; a UserError naming `what` and the position when it is not."""
     try:
-        return common.parse_json(text)
-    except common.DamagedJSON as e:
+        return files.parse_json(text)
+    except files.DamagedJSON as e:
         raise UserError(f"{what} is not valid JSON ({e}).") from None
 
 

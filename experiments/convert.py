@@ -25,8 +25,10 @@ from typing import List
 
 from absl import app, flags, logging
 
-from experiments import common, run_dir
+from experiments import common
 from experiments.common import UserError
+from experiments.rundir.files import RESULTS_FILE
+from experiments.rundir.run import completed_results
 
 FLAGS = flags.FLAGS
 FORMATS = ("tflite", "onnx", "saved_model")  # dcm_keras.export.FORMATS, without importing TF
@@ -71,13 +73,13 @@ def network_files(run_path: str) -> List[str]:
     """The networks a finished run shipped, as its results.json lists them."""
     if not os.path.isdir(run_path):
         raise UserError(f"--run_dir={run_path} is not a folder.")
-    results = run_dir.completed_results(run_path)
+    results = completed_results(run_path)
     if results is None:
         raise UserError(f"--run_dir={run_path} holds no finished run (no complete "
-                        f"{common.RESULTS_FILE}); convert one file with --model.")
+                        f"{RESULTS_FILE}); convert one file with --model.")
     files = [entry.get("file") for entry in results.get("networks", {}).values()]
     if not files or not all(isinstance(f, str) and _NETWORK_FILE.fullmatch(f) for f in files):
-        raise UserError(f"{os.path.join(run_path, common.RESULTS_FILE)} lists no networks as "
+        raise UserError(f"{os.path.join(run_path, RESULTS_FILE)} lists no networks as "
                         f"net1.keras, ... (got {files}).")
     return [os.path.join(run_path, f) for f in files]
 
@@ -126,11 +128,9 @@ def main(argv: List[str]) -> None:
         if FLAGS.model is not None and not FLAGS.model.endswith(".keras"):
             raise UserError(f"--model={FLAGS.model} is not a .keras file.")
         paths = network_files(FLAGS.run_dir) if FLAGS.run_dir else [FLAGS.model]
-        from dcm_keras.errors import UserError as LibraryError  # imports TensorFlow: after checks
-
         try:
             written = convert(paths, formats, FLAGS.resize, FLAGS.output_dir, FLAGS.overwrite)
-        except (LibraryError, OSError) as e:
+        except (UserError, OSError) as e:
             raise UserError(common.one_line(e)) from e
     except UserError as e:
         sys.exit(f"error: {common.one_line(e)}")

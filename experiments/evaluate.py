@@ -28,6 +28,7 @@ from absl import app, flags
 
 from experiments import common
 from experiments.common import UserError
+from experiments.rundir import files
 
 FLAGS = flags.FLAGS
 
@@ -62,9 +63,9 @@ def run_dataset(model_path: str) -> Optional[Tuple[str, Optional[str], Optional[
     """`(dataset, data_dir, image_size, record)` of the run `model_path` lies in, from its
     flags.json or results.json (`record`), or None when neither names a dataset."""
     directory = os.path.dirname(os.path.abspath(model_path))
-    for name in (common.FLAGS_FILE, common.RESULTS_FILE):
-        record = common.read_json(os.path.join(directory, name)) or {}
-        run_flags = record.get("flags", record) if name == common.RESULTS_FILE else record
+    for name in (files.FLAGS_FILE, files.RESULTS_FILE):
+        record = files.read_json(os.path.join(directory, name)) or {}
+        run_flags = record.get("flags", record) if name == files.RESULTS_FILE else record
         if isinstance(run_flags, dict) and isinstance(run_flags.get("dataset"), str):
             return (run_flags["dataset"], run_flags.get("data_dir"), run_flags.get("image_size"),
                     os.path.join(directory, name))
@@ -108,7 +109,7 @@ def peek_keras_file(model_path: str) -> Optional[Dict[str, object]]:
             text = member.read(PEEK_LIMIT + 1)
         if len(text) > PEEK_LIMIT:
             return None
-        config = common.parse_json(text)
+        config = files.parse_json(text)
     except (OSError, KeyError, ValueError, zipfile.BadZipFile):
         return None
     if not isinstance(config, dict):
@@ -275,14 +276,12 @@ def main(argv: List[str]) -> None:
         common.check_output_file(FLAGS.output, "--output")
     except UserError as e:
         sys.exit(f"error: {common.one_line(e)}")
-    from dcm_keras.errors import UserError as LibraryError  # imports TensorFlow: after flags
-
     try:
         result = evaluate(FLAGS.model, FLAGS.dataset, FLAGS.split, FLAGS.data_dir,
                           FLAGS.image_size, FLAGS.batch_size, FLAGS.max_examples)
     # dcm_keras reports an unreadable or unsafe file with its UserError, and a dataset it cannot
     # prepare (or missing TensorFlow) with RuntimeError; anything else is a bug: a traceback.
-    except (UserError, LibraryError, OSError, RuntimeError) as e:
+    except (UserError, OSError, RuntimeError) as e:
         sys.exit(f"error: {common.one_line(e)}")
     for name, score in result.get("networks", {"": result}).items():
         top5 = ("" if score["top5_error"] is None
@@ -292,7 +291,7 @@ def main(argv: List[str]) -> None:
               flush=True)
     if FLAGS.output:
         os.makedirs(os.path.dirname(os.path.abspath(FLAGS.output)), exist_ok=True)
-        common.write_json(FLAGS.output, result)
+        files.write_json(FLAGS.output, result)
 
 
 if __name__ == "__main__":

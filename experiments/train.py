@@ -18,11 +18,11 @@ Re-running the same command resumes a killed run at its last backed-up epoch (op
 included; every epoch is backed up unless `--backup_every` says otherwise); re-running a finished
 one does nothing. A directory holding a run with other flags is refused unless `--overwrite` is
 given. Checkpoints are committed atomically, so a kill at any moment (a checkpoint write
-included) leaves the last backed-up epoch resumable (experiments/fault_tolerance.py says why
+included) leaves the last backed-up epoch resumable (experiments/rundir/checkpoints.py says why
 Keras's own BackupAndRestore does not). A NaN or infinite training loss stops the run with an
 error before the diverged epoch is backed up. The run directory is held open and locked for the
 run's life, and written without following a link inside it; --overwrite removes exactly what the
-replaced run recorded (experiments/run_dir.py, docs/run_directory.md).
+replaced run recorded (experiments/rundir/, docs/run_directory.md).
 
 Multi-worker training (`--distribute=multi_worker`): every worker runs the same command with its
 own `$TF_CONFIG`, e.g. `{"cluster": {"worker": ["host1:2222", "host2:2222"]}, "task": {"type":
@@ -36,7 +36,7 @@ batch B.
 
 `DCM_DEBUG_WEIGHTS_DIR=<folder>` (for tests): every process, chief or not, also saves the trained
 DCM's weights as `<folder>/<task>_<index>.weights.h5` (`chief_0` outside multi-worker training).
-`DCM_DEBUG_PAUSE` is described in experiments/fault_tolerance.py.
+`DCM_DEBUG_PAUSE` is described in experiments/rundir/checkpoints.py.
 """
 
 from __future__ import annotations
@@ -55,9 +55,15 @@ from typing import Iterator, List, NamedTuple, Optional, Tuple
 
 from absl import app, flags
 
-from experiments import common, plots, run_dir
+from experiments import common, plots
 from experiments.config import OPERATIONAL_FLAGS, RUN_FLAGS, TrainConfig, parse_boundaries, \
     parse_connections, parse_json
+from experiments.rundir import files
+from experiments.rundir.directory import RunDirectory
+from experiments.rundir.folder import Folder
+from experiments.rundir.history import HistoryFile
+from experiments.rundir.run import TrainingRun, identity, log_folders, network_file, \
+    record_event_files, without_nan
 
 METHOD_HELP = ("baseline: networks alone; dsn: + auxiliary heads (deep supervision); dks: + KD "
                "between heads of one network; dml: KD between final heads; dcm: heads + dense "
@@ -201,14 +207,10 @@ def resolve_precision(precision: str) -> str:
     """The Keras dtype policy for `--precision` (resolving `auto` on this machine)."""
     if precision != "auto":
         return precision
-    if _gpu_count():
-        return "mixed_float16"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu_flags = set(f.read().split())
-    except OSError:
-        cpu_flags = set()
-    return "mixed_bfloat16" if cpu_flags & {"avx512_bf16", "amx_bf16"} else "float32"
+    # Imported here, once the backend has started (importing dcm_keras starts it).
+    from dcm_keras.precision import auto_policy, cpu_flags
+
+    return auto_policy(_gpu_count(), cpu_flags())
 
 
 class Task(NamedTuple):
@@ -389,14 +391,14 @@ def _deployable(run: Run, k: int):
 
 def run_files_callback(history, log_folders):
     """A callback recording each epoch in history.csv (rewritten whole, atomically: see
-    `run_dir.HistoryFile`) and TensorBoard's event files in the run's manifest."""
+    `rundir.history.HistoryFile`) and TensorBoard's event files in the run's manifest."""
     import keras
 
     class RunFiles(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
             history.add(epoch, logs or {})
             if log_folders:
-                run_dir.record_event_files(log_folders)
+                record_event_files(log_folders)
 
     return RunFiles()
 
@@ -415,12 +417,13 @@ def train(config: TrainConfig) -> int:
             run = _prepare(config, stack)
         if run is None:
             return 0
-        from experiments.fault_tolerance import NonFiniteLoss, committed_epoch
+        from dcm_keras.guards import NonFiniteLossError
+        from experiments.rundir.checkpoints import committed_epoch
 
         # The backup a rerun resumes from: the chief's own (every worker reads it).
         restore = run.backup.folder if run.task.chief else run.backup.restore_folder
         where = restore.path if restore is not None else os.path.join(run.model_dir,
-                                                                      common.BACKUP_DIR)
+                                                                      files.BACKUP_DIR)
         try:
             return _fit_and_report(run, process_start)
         except OSError as e:  # a full disk or a folder that became unwritable
@@ -428,13 +431,16 @@ def train(config: TrainConfig) -> int:
             backup = (f"the backup of epoch {kept} in {where} is intact: re-running "
                       "this command resumes from it" if kept else "no epoch had been backed up")
             raise UserError(f"{common.one_line(e)}; {backup}.") from e
-        except NonFiniteLoss as e:
+        except NonFiniteLossError as e:
             kept = committed_epoch(restore)
             backup = (f"the backup of epoch {kept} in {where} is kept (re-running "
                       "this command resumes from it)" if kept else "no epoch had finished, so "
                       "there is no backup")
-            raise UserError(f"{e}: training diverged (is --lr too high?) and was stopped before "
-                            f"that epoch could be backed up; {backup}.") from e
+            if e.batch is None or math.isfinite(e.loss):  # no batch's loss to name: its words
+                raise UserError(f"{common.one_line(e).rstrip('.')}; {backup}.") from e
+            raise UserError(f"the training loss became {e.loss} at epoch {e.epoch + 1}, batch "
+                            f"{e.batch + 1}: training diverged (is --lr too high?) and was "
+                            f"stopped before that epoch could be backed up; {backup}.") from e
 
 
 @dataclasses.dataclass(frozen=True)
@@ -474,8 +480,8 @@ class Run:
     nets: list  # the networks, with their auxiliary heads
     dcm: object  # the compiled DCM over `nets`
     model_dir: str
-    run_dir: run_dir.TrainingRun  # --model_dir, held open (and locked on the chief)
-    out: run_dir.Folder  # where this process writes: model_dir on the chief, else a scratch one
+    run_dir: TrainingRun  # --model_dir, held open (and locked on the chief)
+    out: Folder  # where this process writes: model_dir on the chief, else a scratch one
     backup: object  # the AtomicBackupAndRestore callback
     initial_epoch: int
 
@@ -489,12 +495,12 @@ def _prepare(config: TrainConfig, stack: contextlib.ExitStack) -> Optional[Run]:
     """
     task = _check_flags(config)
     flags_json = config.to_json()
-    opened = run_dir.TrainingRun.open(config.model_dir, flags_json, config.overwrite, task.chief)
+    opened = TrainingRun.open(config.model_dir, flags_json, config.overwrite, task.chief)
     if opened.folder is not None:
         stack.callback(opened.folder.close)
     if opened.complete:
         print(f"Run in {opened.path} is already complete; see "
-              f"{os.path.join(opened.path, common.RESULTS_FILE)}. Nothing to do.", flush=True)
+              f"{os.path.join(opened.path, files.RESULTS_FILE)}. Nothing to do.", flush=True)
         if task.chief:
             opened.finish()
         return None
@@ -514,7 +520,7 @@ def _prepare(config: TrainConfig, stack: contextlib.ExitStack) -> Optional[Run]:
         opened.start(flags_json, flagfile_text())
         backup.folder = backup.restore_folder = opened.backup_folder(create=True)
         # A disk that is already full is refused now, not after an epoch of training: two
-        # checkpoints (the committed one and the next) must fit (fault_tolerance.check_room).
+        # checkpoints (the committed one and the next) must fit (checkpoints.check_room).
         backup.check_room(out)
     return Run(config=config, task=task, device=device, data=data, nets=nets, dcm=dcm,
                model_dir=opened.path, run_dir=opened, out=out, backup=backup,
@@ -599,17 +605,17 @@ def _build_network(config: TrainConfig, name: str, info, synchronized_bn: bool):
                           weight_decay=config.weight_decay, synchronized_bn=synchronized_bn)
 
 
-def _restore(config: TrainConfig, task: Task, device: Device, dcm, opened: run_dir.TrainingRun,
-             stack: contextlib.ExitStack) -> Tuple[run_dir.Folder, object, int]:
+def _restore(config: TrainConfig, task: Task, device: Device, dcm, opened: TrainingRun,
+             stack: contextlib.ExitStack) -> Tuple[Folder, object, int]:
     """`(out folder, backup callback, epoch to start at)`: the last finished epoch restored.
 
     Non-chief workers write to a temporary folder (removed by `stack`) and resume from the
     chief's backup: Keras's BackupAndRestore has no notion of workers, and all of them must
     save (reading synchronised variables takes every worker) but only one may write the run.
-    A backup that is not consistent (fault_tolerance.check_metadata) is refused, or with
+    A backup that is not consistent (checkpoints.check_metadata) is refused, or with
     --overwrite the run starts over.
     """
-    from experiments.fault_tolerance import AtomicBackupAndRestore, CheckpointError
+    from experiments.rundir.checkpoints import AtomicBackupAndRestore, CheckpointError
 
     if task.chief:
         out = opened.folder
@@ -617,14 +623,14 @@ def _restore(config: TrainConfig, task: Task, device: Device, dcm, opened: run_d
     else:
         scratch = tempfile.mkdtemp(prefix=f"dcm_{task.type}{task.index}_")
         stack.callback(shutil.rmtree, scratch, ignore_errors=True)
-        out = run_dir.RunDirectory.open(scratch, lock=False, manifest=False)
+        out = RunDirectory.open(scratch, lock=False, manifest=False)
         stack.callback(out.close)
-        folder = out.child(common.BACKUP_DIR)
+        folder = out.child(files.BACKUP_DIR)
     restore_folder = opened.backup_folder(create=False)
     backup = AtomicBackupAndRestore(folder, restore_folder=restore_folder,
                                     backup_every=config.backup_every, epochs=config.epochs,
-                                    identity=run_dir.identity(config.to_json()),
-                                    backup_dir=os.path.join(opened.path, common.BACKUP_DIR))
+                                    identity=identity(config.to_json()),
+                                    backup_dir=os.path.join(opened.path, files.BACKUP_DIR))
     backup.set_model(dcm)
     with device.strategy.scope(), user_errors(CheckpointError):
         # Weights and optimizer state of the last finished epoch, also when no epoch is left to
@@ -644,7 +650,7 @@ def _restore(config: TrainConfig, task: Task, device: Device, dcm, opened: run_d
                 opened.replace = True
     if task.workers > 1:
         _check_workers_agree(device.strategy, initial_epoch,
-                             os.path.join(opened.path, common.BACKUP_DIR))
+                             os.path.join(opened.path, files.BACKUP_DIR))
     return out, backup, initial_epoch
 
 
@@ -678,12 +684,13 @@ def _fit_and_report(run: Run, process_start: float) -> int:
     import keras
 
     from dcm_keras import data, save_network, shipping
-    from experiments.fault_tolerance import StopOnNonFiniteLoss, debug_pause
+    from dcm_keras.guards import StopOnNonFiniteLoss
+    from experiments.rundir.checkpoints import debug_pause
 
     config, dcm, model_dir, out = run.config, run.dcm, run.model_dir, run.out
     epochs, initial_epoch = config.epochs, run.initial_epoch
-    history = run_dir.HistoryFile(out)
-    logs = run_dir.log_folders(out) if importlib.util.find_spec("tensorflow") else []
+    history = HistoryFile(out)
+    logs = log_folders(out) if importlib.util.find_spec("tensorflow") else []
     callbacks = [
         # Epoch-granular drops, as the released code's (and PyTorch's MultiStepLR): every step of
         # epoch e uses lr * decay ** (boundaries passed), and a resumed run sets it again.
@@ -750,13 +757,13 @@ def _fit_and_report(run: Run, process_start: float) -> int:
     for k, (name, net, heads, ids) in enumerate(zip(config.nets, run.nets, dcm.heads,
                                                     dcm.head_ids)):
         deployable = _deployable(run, k)
-        out.record(run_dir.network_file(k))  # recorded first: a kill may follow the write
-        save_network(deployable, out.proc_path(run_dir.network_file(k)), overwrite=True)
+        out.record(network_file(k))  # recorded first: a kill may follow the write
+        save_network(deployable, out.proc_path(network_file(k)), overwrite=True)
         if k == 0:
             debug_pause("export")
         entry = {
             "architecture": name,
-            "file": run_dir.network_file(k),
+            "file": network_file(k),
             "params": int(deployable.count_params()),
             "params_with_heads": int(net.count_params()),
             "test_error": {h: common.error_percent(last[f"val_{i}_acc"])
@@ -769,7 +776,7 @@ def _fit_and_report(run: Run, process_start: float) -> int:
     median_train = common.steady_epoch_seconds(history)
     missing = sorted(set(range(epochs)) - {row["epoch"] for row in history})
     if missing:  # history.csv was removed or cut before this process started (see HistoryFile)
-        print(f"warning: {os.path.join(model_dir, common.HISTORY_FILE)} lacks {len(missing)} of "
+        print(f"warning: {os.path.join(model_dir, files.HISTORY_FILE)} lacks {len(missing)} of "
               f"the {epochs} epochs (from epoch {missing[0] + 1}); results.json's history is "
               "incomplete and its wall_time_s is null.", flush=True)
     info = run.data.info
@@ -813,12 +820,12 @@ def _fit_and_report(run: Run, process_start: float) -> int:
         # Epochs without an evaluation have NaN test columns in history.csv; JSON gets null.
         "history": history,
     }
-    out.record(common.PLOT_FILE)
+    out.record(files.PLOT_FILE)
     plots.plot_test_error(history, {f"net{k + 1}": (name, heads) for k, (name, heads)
                                     in enumerate(zip(config.nets, dcm.heads))},
-                          out.proc_path(common.PLOT_FILE),
+                          out.proc_path(files.PLOT_FILE),
                           f"{config.method}: {' + '.join(config.nets)} on {info.name}")
-    out.write_json(common.RESULTS_FILE, run_dir.without_nan(results))
+    out.write_json(files.RESULTS_FILE, without_nan(results))
     run.run_dir.finish()
     summary = ", ".join(f"{k} ({v['architecture']}) {v['test_error']['logits']:.2f}%"
                         for k, v in nets_summary.items())
@@ -831,8 +838,8 @@ def main(argv: List[str]) -> None:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     try:
         sys.exit(train(TrainConfig.from_flags(FLAGS)))
-    except UserError as e:
-        sys.exit(f"error: {e}")
+    except UserError as e:  # the library's too (one type): one line, whatever its message holds
+        sys.exit(f"error: {common.one_line(e)}")
     except KeyboardInterrupt:  # Ctrl-C: the checkpoints make this a pause, not a crash
         print("error: interrupted; re-running the same command resumes from the last backed-up "
               "epoch.", file=sys.stderr, flush=True)

@@ -10,7 +10,8 @@ import pytest
 
 from dcm_keras import DCM, _keras_compat as compat, networks
 from dcm_keras.multi_worker import MultiWorkerFixes
-from experiments.fault_tolerance import LEGACY_WEIGHTS_FILE, METADATA_FILE, AtomicBackupAndRestore
+from experiments.rundir.checkpoints import LEGACY_WEIGHTS_FILE, METADATA_FILE, \
+    AtomicBackupAndRestore
 
 
 def test_the_installed_keras_passes_the_check():

@@ -1,28 +1,13 @@
-"""The helpers behind the scripts' bookkeeping: history across resumes, flag identity, timing."""
+"""The helpers behind the scripts' bookkeeping: flag identity, timing, messages, flag checks.
+
+The file I/O helpers (history.csv, JSON, atomic writes) are tested in tests/experiments/rundir/.
+"""
 
 import json
-import os
 
 import pytest
 
 from experiments import common
-
-
-def test_read_history_keeps_the_last_row_of_each_epoch(tmp_path):
-    # A kill between logging epoch 1 and backing it up re-runs epoch 1 after the resume; the line
-    # cut short by a kill is skipped.
-    path = tmp_path / "history.csv"
-    path.write_text("epoch,loss,val_net1_logits_acc\n"
-                    "0,2.0,0.5\n"
-                    "1,1.5,0.6\n"
-                    "1,1.4,0.65\n"
-                    "2,1.2,NA\n"
-                    "3")
-    rows = common.read_history(str(path))
-    assert [r["epoch"] for r in rows] == [0, 1, 2]
-    assert rows[1]["loss"] == 1.4 and rows[1]["val_net1_logits_acc"] == 0.65
-    assert rows[2]["val_net1_logits_acc"] != rows[2]["val_net1_logits_acc"]  # NaN
-    assert common.read_history(str(tmp_path / "missing.csv")) == []
 
 
 def test_flag_differences_ignore_locations():
@@ -43,15 +28,6 @@ def test_steady_epoch_seconds_leaves_out_the_tracing_epoch():
     assert common.steady_epoch_seconds(history) == 2.5
     assert common.steady_epoch_seconds([{"train_seconds": 4.0}]) == 4.0
     assert common.steady_epoch_seconds([]) is None
-
-
-def test_completed_results_and_atomic_json(tmp_path):
-    assert common.completed_results(str(tmp_path)) is None
-    (tmp_path / "results.json").write_text('{"complete": tru')  # cut short
-    assert common.completed_results(str(tmp_path)) is None
-    common.write_json(str(tmp_path / "results.json"), {"complete": True, "x": (1, 2)})
-    assert common.completed_results(str(tmp_path)) == {"complete": True, "x": [1, 2]}
-    assert not list(tmp_path.glob("*.tmp"))
 
 
 @pytest.mark.parametrize("method,heads,preset", [
@@ -76,23 +52,6 @@ def test_error_percent_drops_float32_noise_but_keeps_counts():
     assert common.error_percent(1.0) == 0.0 and common.error_percent(0.0) == 100.0
 
 
-@pytest.mark.parametrize("text", ["[" * 200000, '{"a":' * 100000, '{"a": tru', "1" * 5000])
-def test_every_json_reader_calls_deep_nesting_damage_not_a_recursion_error(text):
-    with pytest.raises(common.DamagedJSON) as caught:
-        common.parse_json(text)
-    assert isinstance(caught.value, ValueError) and not isinstance(caught.value, RecursionError)
-    if text.startswith("[["):
-        assert "nested deeper than Python can read" in str(caught.value)
-
-
-def test_deeply_nested_json_file_is_damaged_in_one_line(tmp_path):
-    path = tmp_path / "config.json"
-    path.write_text("[" * 50000)
-    assert common.read_json(str(path)) is None
-    with pytest.raises(common.UserError, match=r"The config .*config.json is damaged: nested"):
-        common.load_json_object(str(path), "The config")
-
-
 def test_an_empty_path_is_refused(tmp_path):
     # `--model_dir=$UNSET` wrote a whole run into the current folder.
     for value in ("", "  "):
@@ -113,13 +72,29 @@ def test_an_output_file_that_is_a_folder_or_below_a_file_is_refused(tmp_path):
     common.check_output_file(str(tmp_path / "new" / "out.json"), "--output")
 
 
-def test_a_disk_message_names_the_folder_not_its_descriptor(tmp_path, monkeypatch):
-    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        with pytest.raises(OSError, match=f"and {tmp_path} has") as caught:
-            common.check_free_space(f"/proc/self/fd/{fd}", 2**60, "this test")
-        assert "/proc/self/fd" not in str(caught.value)
-        with pytest.raises(OSError, match="and the run has"):
-            common.check_free_space(f"/proc/self/fd/{fd}", 2**60, "this test", where="the run")
-    finally:
-        os.close(fd)
+def test_one_user_error_class_and_the_scripts_checks_start_no_backend():
+    """The scripts' UserError is the library's class, loaded without dcm_keras/__init__ (which
+    starts TensorFlow), whichever of the two is imported first."""
+    import subprocess
+    import sys
+
+    script = """
+import sys
+from experiments import common
+from benchmarks import machine
+assert machine.resolve_precision("auto", {"cpu_flags": ["avx512_bf16"]}) == "mixed_bfloat16"
+heavy = sorted(m for m in ("tensorflow", "keras", "jax") if m in sys.modules)
+assert not heavy, heavy
+import dcm_keras
+from dcm_keras.errors import UserError
+assert common.UserError is UserError is dcm_keras.UserError is dcm_keras.errors.UserError
+assert dcm_keras.precision is sys.modules["dcm_keras.precision"]
+try:
+    dcm_keras.DCM([])
+except common.UserError as e:
+    print("caught:", e)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "caught:" in result.stdout

@@ -119,7 +119,7 @@ def test_table_reports_train_accuracy_and_margin_against_seed_spread(comparison)
 
 
 def test_verdict_says_within_spread_better_or_worse():
-    from experiments import compare
+    from experiments import comparison_stats
 
     def row(method, net1, net2, std):
         return {"nets": ["a", "b"], "method": method, "time_vs_baseline": 2.0,
@@ -128,14 +128,15 @@ def test_verdict_says_within_spread_better_or_worse():
 
     config = {"rows": [["a", "b"]]}
     rows = [row("baseline", 10.0, 10.0, 0.3), row("dcm", 9.0, 10.2, 0.5)]
-    [versus] = compare.versus_baseline(config, rows)
+    [versus] = comparison_stats.versus_baseline(config, rows)
     assert versus["networks"]["net1"] == {"margin": 1.0, "spread": 0.5, "exceeds_spread": True}
     assert versus["networks"]["net2"]["exceeds_spread"] is False
-    [line] = compare.verdict_lines([versus])
+    [line] = comparison_stats.verdict_lines([versus])
     assert "net1 error -1.00 points (better than baseline" in line
     assert "net2 error +0.20 points (within the seed spread" in line and "x2.00" in line
     rows[1] = row("dcm", 11.0, 11.0, 0.1)
-    assert "WORSE than baseline" in compare.verdict_lines(compare.versus_baseline(config, rows))[0]
+    assert "WORSE than baseline" in comparison_stats.verdict_lines(
+        comparison_stats.versus_baseline(config, rows))[0]
 
 
 @pytest.mark.parametrize("preset,config", [("demo", "fmnist_n128_e60"),
@@ -145,12 +146,12 @@ def test_study_presets_are_the_studied_settings(preset, config):
     """The presets docs/accuracy.md vouches for run exactly the flags its tables came from."""
     import os
 
-    from experiments import compare
+    from experiments import comparison_config
 
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     with open(os.path.join(repo, "docs", "results", f"{config}.json")) as f:
         studied = json.load(f)["config"]
-    mine = compare.PRESETS[preset]
+    mine = comparison_config.PRESETS[preset]
     assert mine["train_flags"] == studied["train_flags"]
     assert mine["seeds"] == studied["seeds"]
     assert set(mine["methods"]) <= set(studied["methods"]) and "baseline" in mine["methods"]
@@ -159,9 +160,9 @@ def test_study_presets_are_the_studied_settings(preset, config):
 
 def test_single_seed_has_no_spread_and_no_verdict():
     """One seed gives no spread: the table says so and no better/worse/within verdict is drawn."""
-    from experiments import compare
+    from experiments import comparison_stats
 
-    assert compare.mean_std([12.5]) == {"mean": 12.5, "std": None, "n": 1}
+    assert comparison_stats.mean_std([12.5]) == {"mean": 12.5, "std": None, "n": 1}
 
     def row(method, error, std, n):
         return {"nets": ["a", "b"], "method": method, "time_vs_baseline": 1.5, "seeds": [0],
@@ -170,21 +171,22 @@ def test_single_seed_has_no_spread_and_no_verdict():
 
     config = {"rows": [["a", "b"]], "seeds": [0], "train_flags": {"epochs": 1}}
     rows = [row("baseline", 10.0, None, 1), row("dcm", 9.0, None, 1)]
-    [versus] = compare.versus_baseline(config, rows)
+    [versus] = comparison_stats.versus_baseline(config, rows)
     assert versus["networks"]["net1"] == {"margin": 1.0, "spread": None, "exceeds_spread": None}
-    [line] = compare.verdict_lines([versus])
+    [line] = comparison_stats.verdict_lines([versus])
     assert "net1 error -1.00 points (one seed: no spread" in line
     assert "better" not in line and "within" not in line
-    table = compare.markdown_table(config, rows)
+    table = comparison_stats.markdown_table(config, rows)
     assert "10.00 (1 seed)" in table and "±" not in table.split("\n\n")[0]
     # Against a multi-seed baseline, a single-seed method still has no spread to judge by.
     rows[0] = row("baseline", 10.0, 0.4, 3)
-    assert compare.versus_baseline(config, rows)[0]["networks"]["net1"]["exceeds_spread"] is None
+    versus = comparison_stats.versus_baseline(config, rows)
+    assert versus[0]["networks"]["net1"]["exceeds_spread"] is None
 
 
 def test_plot_draws_single_seed_rows(tmp_path):
     pytest.importorskip("matplotlib")
-    from experiments import compare
+    from experiments import plots
 
     rows = [{"nets": ["a", "b"], "method": m, "seeds": [0],
              "test_error": {"net1": {"mean": e, "std": None, "n": 1},
@@ -192,5 +194,5 @@ def test_plot_draws_single_seed_rows(tmp_path):
             for m, e in (("baseline", 10.0), ("dcm", 9.0))]
     config = {"name": "one_seed", "rows": [["a", "b"]], "methods": ["baseline", "dcm"],
               "seeds": [0]}
-    compare.plot(config, rows, str(tmp_path / "plot.png"))
+    plots.plot_comparison(config, rows, str(tmp_path / "plot.png"))
     assert (tmp_path / "plot.png").stat().st_size > 1000

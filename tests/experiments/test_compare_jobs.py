@@ -143,7 +143,8 @@ def fake_results(train_flags: dict) -> dict:
 
 
 def test_results_do_not_depend_on_jobs_or_finishing_order(tmp_path, monkeypatch, capsys):
-    from experiments import common, compare
+    from experiments import compare, comparison_runs
+    from experiments.rundir import files
 
     config = {"name": "fake", "rows": [["wrn_10_1", "wrn_10_1"]],
               "methods": ["baseline", "dml", "dcm"], "seeds": [0, 1], "train_flags": {}}
@@ -161,13 +162,14 @@ def test_results_do_not_depend_on_jobs_or_finishing_order(tmp_path, monkeypatch,
             return None
         return fake_results(train_flags)
 
-    monkeypatch.setattr(compare, "run_one", fake_run_one)
+    monkeypatch.setattr(comparison_runs, "run_one", fake_run_one)
     summaries, outputs = {}, {}
     for jobs in (1, 3):
         work_dir = tmp_path / f"jobs{jobs}"
-        directory = compare.run_dir(str(work_dir), "fake", ["wrn_10_1", "wrn_10_1"], *reused)
+        directory = comparison_runs.run_folder_path(str(work_dir), "fake", ["wrn_10_1", "wrn_10_1"],
+                                                    *reused)
         Path(directory).mkdir(parents=True)
-        common.write_json(f"{directory}/{common.RESULTS_FILE}", fake_results(
+        files.write_json(f"{directory}/{files.RESULTS_FILE}", fake_results(
             {"method": reused[0], "nets": ["wrn_10_1", "wrn_10_1"], "seed": reused[1]}))
         calls = []
         failures = compare.compare(config, str(work_dir), jobs=jobs)
@@ -199,11 +201,13 @@ def test_results_do_not_depend_on_jobs_or_finishing_order(tmp_path, monkeypatch,
 
 def test_runs_side_by_side_split_the_cores_of_tensorflow_op_pool(tmp_path, monkeypatch):
     """With --jobs > 1 each run's TensorFlow op pool gets its share of the cores (unless set)."""
-    from experiments import compare
+    from experiments import comparison_runs
 
-    monkeypatch.setattr(compare.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
-    assert compare.cpu_share(1) is None
-    assert compare.cpu_share(2) == 4 and compare.cpu_share(3) == 2 and compare.cpu_share(16) == 1
+    monkeypatch.setattr(comparison_runs.os, "sched_getaffinity", lambda pid: set(range(8)),
+                        raising=False)
+    assert comparison_runs.cpu_share(1) is None
+    assert comparison_runs.cpu_share(2) == 4 and comparison_runs.cpu_share(3) == 2
+    assert comparison_runs.cpu_share(16) == 1
     seen = []
 
     class FakePopen:
@@ -213,31 +217,33 @@ def test_runs_side_by_side_split_the_cores_of_tensorflow_op_pool(tmp_path, monke
         def wait(self):
             return 1  # a failed run: run_one returns None without reading results
 
-    monkeypatch.setattr(compare.subprocess, "Popen", FakePopen)
+    monkeypatch.setattr(comparison_runs.subprocess, "Popen", FakePopen)
     monkeypatch.delenv("TF_NUM_INTRAOP_THREADS", raising=False)
     for concurrent in (1, 2):
         directory = tmp_path / f"c{concurrent}"
         directory.mkdir()
-        assert compare.run_one(str(directory), {"seed": 0}, concurrent=concurrent) is None
+        assert comparison_runs.run_one(str(directory), {"seed": 0}, concurrent=concurrent) is None
     monkeypatch.setenv("TF_NUM_INTRAOP_THREADS", "3")  # the user's own choice is kept
     (tmp_path / "user").mkdir()
-    compare.run_one(str(tmp_path / "user"), {"seed": 0}, concurrent=2)
+    comparison_runs.run_one(str(tmp_path / "user"), {"seed": 0}, concurrent=2)
     assert seen == [None, "4", "3"]
 
 
 def test_runs_of_other_seeds_left_by_an_earlier_invocation_are_tabulated(tmp_path, monkeypatch,
                                                                         capsys):
     # `--seeds=0` then `--seeds=1` left a table of seed 1 alone.
-    from experiments import common, compare
+    from experiments import compare, comparison_runs
+    from experiments.rundir import files
 
     config = {"name": "fake", "rows": [["wrn_10_1", "wrn_10_1"]], "methods": ["baseline", "dcm"],
               "seeds": [1], "train_flags": {"epochs": 3}}
-    monkeypatch.setattr(compare, "run_one", lambda directory, train_flags, concurrent=1:
+    monkeypatch.setattr(comparison_runs, "run_one", lambda directory, train_flags, concurrent=1:
                         fake_results(train_flags))
     for method, seed, epochs in (("baseline", 0, 3), ("dcm", 0, 3), ("dcm", 2, 4)):
-        directory = compare.run_dir(str(tmp_path), "fake", ["wrn_10_1", "wrn_10_1"], method, seed)
+        directory = comparison_runs.run_folder_path(str(tmp_path), "fake", ["wrn_10_1", "wrn_10_1"],
+                                                    method, seed)
         Path(directory).mkdir(parents=True)
-        common.write_json(f"{directory}/{common.RESULTS_FILE}", fake_results(
+        files.write_json(f"{directory}/{files.RESULTS_FILE}", fake_results(
             {"method": method, "nets": ["wrn_10_1", "wrn_10_1"], "seed": seed, "epochs": epochs}))
     assert compare.compare(config, str(tmp_path)) == 0
     out = capsys.readouterr().out
@@ -253,21 +259,24 @@ def test_runs_of_other_seeds_with_a_flag_the_config_leaves_unset_are_not_tabulat
         tmp_path, monkeypatch, capsys):
     # The config sets no --max_train_examples; a run of seed 0 made with 1000 differs from this
     # invocation's runs all the same (real runs record every run flag, defaults included).
-    from experiments import common, compare
+    from experiments import compare, comparison_runs
+    from experiments.rundir import files
 
     config = {"name": "fake", "rows": [["wrn_10_1", "wrn_10_1"]], "methods": ["dcm"],
               "seeds": [1], "train_flags": {"epochs": 3}}
-    monkeypatch.setattr(compare, "run_one", lambda directory, train_flags, concurrent=1:
+    monkeypatch.setattr(comparison_runs, "run_one", lambda directory, train_flags, concurrent=1:
                         fake_results({**train_flags, "max_train_examples": None}))
     for seed, subset in ((0, 1000), (2, None)):
-        directory = compare.run_dir(str(tmp_path), "fake", ["wrn_10_1", "wrn_10_1"], "dcm", seed)
+        directory = comparison_runs.run_folder_path(str(tmp_path), "fake", ["wrn_10_1", "wrn_10_1"],
+                                                    "dcm", seed)
         Path(directory).mkdir(parents=True)
-        common.write_json(f"{directory}/{common.RESULTS_FILE}", fake_results(
+        files.write_json(f"{directory}/{files.RESULTS_FILE}", fake_results(
             {"method": "dcm", "nets": ["wrn_10_1", "wrn_10_1"], "seed": seed, "epochs": 3,
              "max_train_examples": subset}))
-    broken = compare.run_dir(str(tmp_path), "fake", ["wrn_10_1", "wrn_10_1"], "dcm", 3)
+    broken = comparison_runs.run_folder_path(str(tmp_path), "fake", ["wrn_10_1", "wrn_10_1"], "dcm",
+                                             3)
     Path(broken).mkdir(parents=True)
-    common.write_json(f"{broken}/{common.RESULTS_FILE}", {"complete": True, "flags": [1]})
+    files.write_json(f"{broken}/{files.RESULTS_FILE}", {"complete": True, "flags": [1]})
     assert compare.compare(config, str(tmp_path)) == 0
     summary = json.loads((tmp_path / "fake" / "table.json").read_text())
     assert [row["seeds"] for row in summary["rows"]] == [[1, 2]]
@@ -275,7 +284,7 @@ def test_runs_of_other_seeds_with_a_flag_the_config_leaves_unset_are_not_tabulat
 
 def test_a_failed_run_shows_the_end_of_its_log_and_leaves_no_empty_table(tmp_path, monkeypatch,
                                                                          capsys):
-    from experiments import compare
+    from experiments import compare, comparison_runs
 
     config = {"name": "fake", "rows": [["wrn_10_1"]], "methods": ["baseline"], "seeds": [0],
               "train_flags": {}}
@@ -289,7 +298,7 @@ def test_a_failed_run_shows_the_end_of_its_log_and_leaves_no_empty_table(tmp_pat
             "Pass --helpshort or --helpfull to see help on flags.\n")
         return None
 
-    monkeypatch.setattr(compare, "run_one", failing)
+    monkeypatch.setattr(comparison_runs, "run_one", failing)
     assert compare.compare(config, str(tmp_path)) == 1
     out = capsys.readouterr().out
     assert "FAILED (FATAL Flags parsing error: flag --epochs=x: invalid literal" in out

@@ -4,18 +4,18 @@ import math
 
 import pytest
 
-from experiments import compare
+from experiments import comparison_stats, plots
 
 
 def test_mean_std_is_the_sample_std():
     # 10, 12, 14: mean 12, squared deviations 4 + 0 + 4 = 8; sample variance 8 / 2 = 4 -> std 2
     # (the population std would be sqrt(8 / 3) = 1.633).
-    stats = compare.mean_std([10.0, 12.0, 14.0])
+    stats = comparison_stats.mean_std([10.0, 12.0, 14.0])
     assert stats == {"mean": 12.0, "std": 2.0, "n": 3}
 
 
 def test_mean_std_of_one_value_has_no_spread():
-    assert compare.mean_std([7.5]) == {"mean": 7.5, "std": None, "n": 1}
+    assert comparison_stats.mean_std([7.5]) == {"mean": 7.5, "std": None, "n": 1}
 
 
 def _run(seed, err1, err2, acc1, acc2, epoch_s):
@@ -37,7 +37,7 @@ def test_summary_margin_and_spread_from_known_runs():
         (("a", "b"), "dcm", 1): _run(1, 29.5, 36.0, 0.80, 0.70, 5.0),
         (("a", "b"), "dcm", 2): _run(2, 30.0, 37.0, 0.80, 0.70, 5.0),
     }
-    rows = compare.summarize(config, results)
+    rows = comparison_stats.summarize(config, results)
     base, dcm = rows
     assert base["test_error"]["net1"]["mean"] == pytest.approx(32.0)
     assert base["test_error"]["net1"]["std"] == pytest.approx(2.0)
@@ -49,7 +49,7 @@ def test_summary_margin_and_spread_from_known_runs():
     assert dcm["time_vs_baseline"] == pytest.approx(2.5)
     assert base["wall_time_s"] == pytest.approx(20.0)
 
-    versus = compare.versus_baseline(config, rows)
+    versus = comparison_stats.versus_baseline(config, rows)
     assert len(versus) == 1
     net1, net2 = versus[0]["networks"]["net1"], versus[0]["networks"]["net2"]
     # net1: margin 32 - 29.5 = 2.5 against the larger std, max(2.0, 0.5) = 2.0: beyond it.
@@ -58,7 +58,7 @@ def test_summary_margin_and_spread_from_known_runs():
     assert net1["exceeds_spread"] is True
     # net2: margin 41 - 36 = 5.0 against max(1.0, 1.0): beyond it.
     assert net2["margin"] == pytest.approx(5.0) and net2["spread"] == pytest.approx(1.0)
-    lines = compare.verdict_lines(versus)
+    lines = comparison_stats.verdict_lines(versus)
     assert "net1 error -2.50 points (better than baseline, spread 2.00)" in lines[0]
     assert "training time x2.50 of baseline" in lines[0]
 
@@ -71,12 +71,12 @@ def test_a_margin_inside_the_spread_is_not_a_verdict():
         (("a", "a"), "dml", 0): _run(0, 31.0, 33.0, 0.9, 0.9, 1.0),
         (("a", "a"), "dml", 1): _run(1, 31.0, 33.0, 0.9, 0.9, 1.0),
     }
-    versus = compare.versus_baseline(config, compare.summarize(config, results))
+    versus = comparison_stats.versus_baseline(config, comparison_stats.summarize(config, results))
     net1 = versus[0]["networks"]["net1"]
     # margin 32 - 31 = 1.0; baseline std over (30, 34) = sqrt(8) = 2.83: within.
     assert net1["spread"] == pytest.approx(math.sqrt(8.0))
     assert net1["exceeds_spread"] is False
-    assert "within the seed spread" in compare.verdict_lines(versus)[0]
+    assert "within the seed spread" in comparison_stats.verdict_lines(versus)[0]
 
 
 def _versus(margin, spread):
@@ -92,10 +92,11 @@ def _versus(margin, spread):
     (1.0, None, "cannot be judged against the baseline: with one seed")])
 def test_the_closing_line_follows_the_users_own_table(margin, spread, says):
     # It used to end every comparison with "Where DCM helps, on natural images too".
-    first, second = compare.closing_lines(_versus(margin, spread))
+    first, second = comparison_stats.closing_lines(_versus(margin, spread))
     assert says in first and "natural images" not in first
     assert second.endswith("docs/accuracy.md") and "measured study" in second
-    assert compare.closing_lines([])[0] == "This table has no DCM and baseline rows to compare."
+    assert comparison_stats.closing_lines([])[0] == \
+        "This table has no DCM and baseline rows to compare."
 
 
 def test_the_plot_starts_at_zero_and_counts_seeds_in_the_singular(tmp_path, monkeypatch):
@@ -109,7 +110,8 @@ def test_the_plot_starts_at_zero_and_counts_seeds_in_the_singular(tmp_path, monk
                (("a", "b"), "dcm", 0): _run(0, 86.0, 87.5, 0.1, 0.1, 1.0)}
     figures = []
     monkeypatch.setattr(plt, "close", figures.append)
-    compare.plot(config, compare.summarize(config, results), str(tmp_path / "c.png"))
+    plots.plot_comparison(config, comparison_stats.summarize(config, results),
+                          str(tmp_path / "c.png"))
     fig = figures[0]
     (ax,) = fig.axes
     low, high = ax.get_ylim()

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from experiments import common, compare
+from experiments import common, compare, comparison_config
 from experiments.config import RUN_FLAGS, TrainConfig, parse_boundaries
 
 # flags.json of a run made before TrainConfig existed (the defaults, plus a model_dir).
@@ -53,16 +53,16 @@ def test_schedule_and_method_defaults():
 
 def test_presets_are_config_files():
     """--preset=NAME reads experiments/configs/NAME.json, in the format of --config files."""
-    assert compare.preset_names() == sorted(compare.PRESETS) == [
+    assert comparison_config.preset_names() == sorted(comparison_config.PRESETS) == [
         "demo", "demo_fit", "fmnist_long", "paper_cifar100"]
-    for name in compare.preset_names():
-        path = os.path.join(compare.PRESETS_DIR, f"{name}.json")
-        from_preset = compare.load_config(name, None, None, None, None, None)
-        from_file = compare.load_config("demo", path, None, None, None, None)
+    for name in comparison_config.preset_names():
+        path = os.path.join(comparison_config.PRESETS_DIR, f"{name}.json")
+        from_preset = comparison_config.load_config(name, None, None, None, None, None)
+        from_file = comparison_config.load_config("demo", path, None, None, None, None)
         assert from_preset == from_file and from_preset["name"] == name
         assert "description" not in from_preset  # documentation, not recorded in table.json
     with pytest.raises(common.UserError, match="demo, demo_fit, fmnist_long, paper_cifar100"):
-        compare.preset_path("nope")
+        comparison_config.preset_path("nope")
 
 
 def test_the_presets_are_package_data():
@@ -95,7 +95,7 @@ CONFIG = {"name": "c", "rows": [["wrn_10_1"]], "methods": ["baseline"], "seeds":
 def _load(tmp_path, epochs=None, **change):
     path = tmp_path / "config.json"
     path.write_text(json.dumps({**CONFIG, **change}))
-    return compare.load_config("demo", str(path), None, None, epochs, None)
+    return comparison_config.load_config("demo", str(path), None, None, epochs, None)
 
 
 @pytest.mark.parametrize("change,words", [
@@ -124,15 +124,15 @@ def test_train_flags_given_as_a_list_with_epochs_on_the_command_line_is_refused(
 
 
 def test_the_preset_values_pass_the_type_checks():
-    for name in compare.preset_names():
-        assert compare.load_config(name, None, None, None, None, None)["train_flags"]
+    for name in comparison_config.preset_names():
+        assert comparison_config.load_config(name, None, None, None, None, None)["train_flags"]
 
 
 def test_a_deeply_nested_config_is_damaged_in_one_line(tmp_path):
     path = tmp_path / "deep.json"
     path.write_text("[" * 50000)
     with pytest.raises(common.UserError, match="deep.json is damaged: nested deeper"):
-        compare.load_config("demo", str(path), None, None, None, None)
+        comparison_config.load_config("demo", str(path), None, None, None, None)
 
 
 def test_absurdly_many_runs_are_refused_at_once(tmp_path):
@@ -143,13 +143,13 @@ def test_absurdly_many_runs_are_refused_at_once(tmp_path):
     with pytest.raises(common.UserError, match=r"= 100000 runs; at most 1000 are accepted"):
         _load(tmp_path, seeds=list(range(100000)))
     assert time.perf_counter() - start < 5
-    assert compare.MAX_RUNS == 1000
+    assert comparison_config.MAX_RUNS == 1000
 
 
 def test_the_duplicate_check_is_linear(tmp_path, monkeypatch):
     import time
 
-    monkeypatch.setattr(compare, "MAX_RUNS", 10**6)
+    monkeypatch.setattr(comparison_config, "MAX_RUNS", 10**6)
     seeds = list(range(20000)) + [7]
     start = time.perf_counter()
     with pytest.raises(common.UserError, match=r"more than once \(wrn_10_1 baseline seed 7\)"):
@@ -159,4 +159,4 @@ def test_the_duplicate_check_is_linear(tmp_path, monkeypatch):
 
 def test_an_empty_config_path_is_refused():
     with pytest.raises(common.UserError, match="--config is empty"):
-        compare.load_config("demo", "", None, None, None, None)
+        comparison_config.load_config("demo", "", None, None, None, None)

@@ -205,7 +205,7 @@ def test_backup_every_backs_up_every_nth_and_the_last_epoch(tmp_path):
     a `fit` stopped early (stop_training) still backs up the last epoch it trained."""
     import keras
 
-    from experiments.fault_tolerance import AtomicBackupAndRestore, committed_epoch
+    from experiments.rundir.checkpoints import AtomicBackupAndRestore, committed_epoch
 
     class Spy(keras.callbacks.Callback):  # after the backup: sees what it left on disk
         def __init__(self, folder, stop_after=None):
@@ -293,7 +293,7 @@ def test_a_pause_ends_when_its_release_file_appears(tmp_path, monkeypatch, capsy
     import threading
     import time
 
-    from experiments.fault_tolerance import debug_pause
+    from experiments.rundir.checkpoints import debug_pause
 
     release = tmp_path / "release"
     monkeypatch.setenv(PAUSE, "epoch_end@2:30")

@@ -88,13 +88,13 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_run(small_folder, tmp_p
 
 def test_a_comparison_config_may_set_backup_every(tmp_path):
     """--backup_every is an operational flag: not recorded, but a comparison may set it."""
-    from experiments import compare
+    from experiments import comparison_config
     from experiments.config import OPERATIONAL_FLAGS, RUN_FLAGS
 
     assert OPERATIONAL_FLAGS == ("backup_every",) and "backup_every" not in RUN_FLAGS
-    assert "backup_every" in compare.TRAIN_FLAGS
+    assert "backup_every" in comparison_config.TRAIN_FLAGS
     path = tmp_path / "quick.json"
     path.write_text(json.dumps({"rows": [["wrn_10_1", "wrn_10_1"]], "methods": ["baseline"],
                                 "seeds": [0], "train_flags": {"backup_every": 5}}))
-    config = compare.load_config("demo", str(path), None, None, None, None)
+    config = comparison_config.load_config("demo", str(path), None, None, None, None)
     assert config["train_flags"] == {"backup_every": 5}

@@ -150,7 +150,7 @@ def test_a_second_process_on_the_same_folder_stops_naming_the_first(hostile):
 def test_history_replaced_by_a_link_is_rewritten_with_a_warning(hostile):
     code, process = hostile["history"]
     assert code == 0, process.describe()
-    # The warning itself is asserted in test_run_dir.py (HistoryFile); here the outcome that
+    # The warning itself is asserted in rundir/test_history.py (HistoryFile); here the outcome that
     # matters: results.json is whole whatever the link did (see the report of issue 20: the
     # warning was seen by hand but not in 3 of 4 runs of this fixture on a loaded machine).
     warned = "history.csv was replaced or removed during the run" in process.stdout

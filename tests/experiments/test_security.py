@@ -123,14 +123,14 @@ def test_load_network_refuses_a_lambda_layer(tmp_path):
 
 
 def test_write_json_replaces_a_link_instead_of_following_it(tmp_path):
-    from experiments import common
+    from experiments.rundir import files
 
     outside = tmp_path / "outside.json"
     outside.write_text("keep")
     folder = tmp_path / "run"
     folder.mkdir()
     (folder / "results.json").symlink_to(outside)
-    common.write_json(str(folder / "results.json"), {"complete": True})
+    files.write_json(str(folder / "results.json"), {"complete": True})
     assert outside.read_text() == "keep"
     assert not (folder / "results.json").is_symlink()
     assert json.loads((folder / "results.json").read_text()) == {"complete": True}
@@ -138,6 +138,7 @@ def test_write_json_replaces_a_link_instead_of_following_it(tmp_path):
 
 def test_names_and_links_are_checked(tmp_path):
     from experiments import common
+    from experiments.rundir import files
 
     for bad in ("..", ".", "../x", "a/b", "/abs", ".hidden", ""):
         with pytest.raises(ValueError, match="not a plain name"):
@@ -145,11 +146,11 @@ def test_names_and_links_are_checked(tmp_path):
     assert common.check_name("wrn_16_2", "Name") == "wrn_16_2"
     (tmp_path / "real").mkdir()
     (tmp_path / "link").symlink_to(tmp_path / "real")
-    common.check_no_symlinks(str(tmp_path), "real/a/b.txt", "new/file")
+    files.check_no_symlinks(str(tmp_path), "real/a/b.txt", "new/file")
     with pytest.raises(ValueError, match="link is a symbolic link"):
-        common.check_no_symlinks(str(tmp_path), "link/file")
+        files.check_no_symlinks(str(tmp_path), "link/file")
     with pytest.raises(ValueError, match="outside"):
-        common.check_no_symlinks(str(tmp_path / "real"), "../escape")
+        files.check_no_symlinks(str(tmp_path / "real"), "../escape")
 
 
 def _snapshot(folder: Path):

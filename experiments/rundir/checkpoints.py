@@ -1,4 +1,4 @@
-"""Fault tolerance for `experiments.train`: crash-safe checkpoints and a stop on a diverged loss.
+"""Crash-safe checkpoints for `experiments.train`: the run's backup/ folder.
 
 Why not `keras.callbacks.BackupAndRestore` as it is
 ---------------------------------------------------
@@ -20,13 +20,13 @@ atomically replacing `training_metadata.json`, which names that weights file. Th
 the single commit point: wherever a kill lands, the directory holds the last committed checkpoint,
 complete, and whatever else the run wrote there (a partial temporary file, the uncommitted
 weights of the next epoch) is ignored and removed by the next save; files of the user's stay (the
-run's manifest says which are its own: experiments/run_dir.py). The metadata also records the
-weights file's size and SHA-256 and the run's flags, and a checkpoint that disagrees with them,
-or claims an epoch the run does not have, is refused (`check_metadata`). It can back up only every Nth epoch (and
-always the last one; Keras's `save_freq` counts batches, not epochs). It also refuses to back up
-an epoch whose loss is not finite, and can restore from another directory than it writes to (the
-non-chief workers of a multi-worker run write their backups to a scratch folder but restore the
-chief's).
+run's manifest says which are its own: experiments/rundir/directory.py). The metadata also records
+the weights file's size and SHA-256 and the run's flags, and a checkpoint that disagrees with them,
+or claims an epoch the run does not have, is refused (`check_metadata`). It can back up only
+every Nth epoch (and always the last one; Keras's `save_freq` counts batches, not epochs). It also
+refuses to back up an epoch whose loss is not finite, and can restore from another directory than
+it writes to (the non-chief workers of a multi-worker run write their backups to a scratch folder
+but restore the chief's).
 
 Test hooks (environment variables; for the fault tests, not for users)
 -----------------------------------------------------------------------
@@ -57,7 +57,11 @@ import keras
 import numpy as np
 
 from dcm_keras import _keras_compat as compat
+from dcm_keras.guards import NonFiniteLossError
 from experiments import common
+from experiments.common import UserError
+from experiments.rundir import files
+from experiments.rundir.directory import RunDirectory, open_folder
 
 METADATA_FILE = "training_metadata.json"
 LEGACY_WEIGHTS_FILE = "latest.weights.h5"  # what keras.callbacks.BackupAndRestore writes
@@ -67,15 +71,6 @@ RELEASE_VARIABLE = "DCM_DEBUG_RELEASE"
 
 class CheckpointError(ValueError):
     """A backup directory whose committed checkpoint cannot be used."""
-
-
-class NonFiniteLoss(RuntimeError):
-    """Training produced a NaN or infinite loss."""
-
-    def __init__(self, loss: float, epoch: int, batch: Optional[int]):
-        self.loss, self.epoch, self.batch = loss, epoch, batch
-        where = f"epoch {epoch + 1}" + ("" if batch is None else f", batch {batch + 1}")
-        super().__init__(f"the training loss became {loss} at {where}")
 
 
 def debug_pause(point: str, epoch: Optional[int] = None) -> None:
@@ -98,15 +93,13 @@ def debug_pause(point: str, epoch: Optional[int] = None) -> None:
 
 
 def read_metadata(folder) -> Optional[dict]:
-    """The committed checkpoint of a backup folder (a `run_dir.Folder`), or None when there is
-    none (or no folder).
+    """The committed checkpoint of a backup folder (a `rundir.folder.Folder`), or None when there
+    is none (or no folder).
 
     Raises CheckpointError for a metadata file that exists but is unreadable (it is only ever
     replaced atomically, so this means damage from outside, not a kill).
     """
     if isinstance(folder, (str, os.PathLike)):  # a backup folder given by path
-        from experiments.run_dir import open_folder
-
         opened = open_folder(folder)
         try:
             return read_metadata(opened)
@@ -120,7 +113,7 @@ def read_metadata(folder) -> Optional[dict]:
         data = folder.read_bytes(METADATA_FILE)
         if data is None:
             return None
-        meta = common.parse_json(data)
+        meta = files.parse_json(data)
     except (OSError, ValueError) as error:
         raise CheckpointError(f"the backup metadata {path} is unreadable "
                               f"({common.one_line(error)}){START_OVER}") from None
@@ -171,7 +164,7 @@ def check_metadata(folder, meta: dict, epochs: Optional[int], identity: Optional
                               f"not {weights_name(epoch)!r} of its epoch {epoch}{START_OVER}")
     try:
         found = folder.checksum(name)
-    except common.UserError:  # a link planted at the weights file's name
+    except UserError:  # a link planted at the weights file's name
         raise CheckpointError(f"the backup weights {os.path.join(where, name)} are a symbolic "
                               f"link, not the file committed{START_OVER}") from None
     if found is None:
@@ -198,7 +191,8 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
     """`keras.callbacks.BackupAndRestore` (epoch-end saves) whose checkpoints survive a kill.
 
     Args:
-        folder: the `run_dir.Folder` checkpoints are written to (or a path: a folder of its own).
+        folder: the `rundir.folder.Folder` checkpoints are written to (or a path: a folder of
+            its own).
         restore_folder: the one the checkpoint to resume from is read from (default: `folder`;
             None: there is none).
         backup_every: back up at the end of every Nth epoch (counted from the first epoch of
@@ -216,8 +210,6 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
         if isinstance(backup_every, bool) or not isinstance(backup_every, int) or backup_every < 1:
             raise ValueError(f"backup_every must be an integer >= 1, got {backup_every!r}.")
         if isinstance(folder, (str, os.PathLike)):  # a folder of its own, outside a run
-            from experiments.run_dir import RunDirectory
-
             folder = RunDirectory.open(os.fspath(folder), lock=False, manifest=False)
             if restore_folder is ...:
                 restore_folder = folder
@@ -274,8 +266,12 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
     def on_epoch_end(self, epoch, logs=None):
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)):
-            # Never back up weights that a diverged epoch produced; keep the last good ones.
-            raise NonFiniteLoss(float(loss), epoch, None)
+            # Never back up weights that a diverged epoch produced; keep the last good ones. (The
+            # library's guard, which `DCM.fit` adds, stops at the batch before this is reached.)
+            raise NonFiniteLossError(
+                f"the training loss became {float(loss)} at epoch {epoch + 1}: training diverged "
+                "(is --lr too high?) and was stopped before that epoch could be backed up", epoch,
+                None, float(loss))
         debug_pause("epoch_end", epoch + 1)
         finished = epoch + 1
         last = self.params.get("epochs") if self.params else None
@@ -321,7 +317,7 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
 
     def check_room(self, out) -> None:
         """Refuses to start a run whose checkpoints cannot fit in `out` (its run folder, a
-        `run_dir.Folder`): at its peak it holds two at once (the committed one and the next,
+        `rundir.folder.Folder`): at its peak it holds two at once (the committed one and the next,
         written before the older is removed), less a committed checkpoint already on disk,
         which the first save replaces. The message names the run folder."""
         needed = 2 * self.checkpoint_bytes()
@@ -333,7 +329,7 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
             info = self.folder.lstat(meta["weights"])
             if info is not None and stat.S_ISREG(info.st_mode):
                 needed -= info.st_size
-        common.check_free_space(out.proc_path(), needed, "this run's checkpoints",
+        files.check_free_space(out.proc_path(), needed, "this run's checkpoints",
                                 where=out.path)
 
     @compat.override(keras.callbacks.BackupAndRestore)  # checks Keras still calls it, as (self)
@@ -344,7 +340,7 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
         name = weights_name(epoch)
         # HDF5 meets a full disk with a storm of errors and can crash the process: refuse first.
         # The margin covers HDF5's per-dataset overhead and the metadata file.
-        common.check_free_space(folder.proc_path(), self.checkpoint_bytes(),
+        files.check_free_space(folder.proc_path(), self.checkpoint_bytes(),
                                 f"the checkpoint of epoch {epoch}", where=folder.path)
         with folder.replacing(name) as tmp:
             self.model.save_weights(tmp, overwrite=True)
@@ -362,24 +358,3 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
                 other = key[len(folder.relative):]
                 if "/" not in other and other not in (name, METADATA_FILE):
                     folder.remove(other)
-
-
-class StopOnNonFiniteLoss(keras.callbacks.Callback):
-    """Raises `NonFiniteLoss` at the first batch whose running loss is NaN or infinite.
-
-    Like `keras.callbacks.TerminateOnNaN(raise_error=True)`, but the exception carries the epoch
-    and batch. Raising (rather than setting `stop_training`) ends `fit` before the epoch ends, so
-    no epoch-end callback, the backup included, sees the diverged weights.
-    """
-
-    _epoch = 0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._epoch = epoch
-
-    def on_train_batch_end(self, batch, logs=None):
-        loss = (logs or {}).get("loss")
-        if loss is not None:
-            value = float(keras.ops.convert_to_numpy(loss))
-            if not math.isfinite(value):
-                raise NonFiniteLoss(value, self._epoch, batch)
