@@ -19,6 +19,7 @@ from typing import Dict, List
 from absl import app, flags
 
 from benchmarks import throughput as tp
+from benchmarks.figures import fmt, median
 from benchmarks.machine import (cpu_info, refuse_existing_output, resolve_precision,
                                 write_new_json)
 
@@ -73,10 +74,10 @@ def measure(bench: "tp.Benchmark", precision: str, levers: List[str]) -> List[di
     base = next(w for w in workers if w.lever == "default")
     rows = []
     for worker in workers:
-        row = bench._row(worker)
+        row = bench.row(worker)
         row["lever"] = worker.lever
-        row["ratio_vs_default"] = tp._median([w["images_per_s"] / b["images_per_s"]
-                                              for w, b in zip(worker.windows, base.windows)])
+        row["ratio_vs_default"] = median([w["images_per_s"] / b["images_per_s"]
+                                          for w, b in zip(worker.windows, base.windows)])
         rows.append(row)
     return rows
 
@@ -91,7 +92,7 @@ def markdown(machine: dict, date: str, rows: List[dict], setup: str) -> str:
         lines.append(f"| {r['precision']} | {r['lever']} | {r['images_per_s']:.1f} "
                      f"| {r['images_per_s_min']:.0f}-{r['images_per_s_max']:.0f} "
                      f"| {r['ratio_vs_default']:.2f} | {r['images_per_cpu_s']:.1f} "
-                     f"| {tp._fmt(r['rss_mb'], '.0f')} |")
+                     f"| {fmt(r['rss_mb'], '.0f')} |")
     lines += [""] + [f"- `{name}`: {LEVERS[name][0]}" for name in dict.fromkeys(
         r["lever"] for r in rows)]
     return "\n".join(lines)

@@ -6,6 +6,9 @@ import json
 import os
 import platform
 import re
+import sys
+
+from experiments.common import light_library_module
 
 
 def cpu_kind(vendor: str, cpu_flags) -> str:
@@ -48,13 +51,12 @@ def cpu_info() -> dict:
 
 
 def resolve_precision(name: str, machine: dict) -> str:
+    """`name`, or for `best` / `auto` the policy `dcm_keras.precision.auto_policy` picks for
+    `machine` (a `cpu_info()`, with `gpus` once the peak worker has reported them)."""
     if name not in ("best", "auto"):
         return name
-    if machine.get("gpus"):
-        return "mixed_float16"
-    if {"avx512_bf16", "amx_bf16"} & set(machine.get("cpu_flags", [])):
-        return "mixed_bfloat16"
-    return "float32"
+    return light_library_module("precision").auto_policy(len(machine.get("gpus") or []),
+                                                         machine.get("cpu_flags", []))
 
 
 def refuse_existing_output(path) -> None:

@@ -40,6 +40,7 @@ from typing import List, Optional
 from absl import app, flags
 
 from benchmarks import throughput
+from benchmarks.figures import mfu_peak
 from benchmarks.machine import refuse_existing_output, write_new_json
 from benchmarks.memory import compare_above_import
 
@@ -67,7 +68,7 @@ def _x(value: Optional[float]) -> str:
 def peer_mfu(report: dict, row: dict) -> Optional[float]:
     """MFU of the peer's best float32 mode: same FLOPs per image as ours, same peak."""
     mode = (report["peer"]["modes"] or {}).get(row.get("best_peer_mode") or "")
-    peak = throughput.mfu_peak(report.get("peak_gflops") or {}, "float32")
+    peak = mfu_peak(report.get("peak_gflops") or {}, "float32")
     if not mode or not peak or not row.get("gflop_per_image"):
         return None
     return row["gflop_per_image"] * mode["images_per_s"] / peak

@@ -13,7 +13,8 @@ import sys
 import pytest
 from absl import app
 
-from benchmarks import memory, regression, throughput
+from benchmarks import memory, regression
+from benchmarks.report import memory_lines
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 AMD = "AMD EPYC (avx512_bf16)"
@@ -173,7 +174,7 @@ def test_memory_above_import_arithmetic():
          "peer_mb": 889.0, "ours_exceeds_peer": True},
         {"precision": "mixed_float16", "ours_mb": 700.0, "peer_mode": None, "peer_mb": None,
          "ours_exceeds_peer": None}]
-    lines = throughput.memory_lines({**peer, "peer_import": "import torch"})
+    lines = memory_lines({**peer, "peer_import": "import torch"})
     assert "ours: TensorFlow+Keras, - MiB; peer: `import torch`, - MiB" in lines[0]
     assert lines[1:] == [
         "- float32: ours 1210 MiB, peer (fp32+cl) 1570 MiB: ours does not exceed the peer's.",

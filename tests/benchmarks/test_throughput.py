@@ -11,6 +11,8 @@ import sys
 import pytest
 
 from benchmarks import throughput
+from benchmarks.peer import best_peer_mode
+from benchmarks.workers import forward_flops
 from dcm_keras.networks import list_networks
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -31,7 +33,7 @@ def test_forward_flops_counts_convolutions_and_dense():
     x = keras.layers.GlobalAveragePooling2D()(x)
     outputs = keras.layers.Dense(5)(x)  # 2*4*5
     model = keras.Model(inputs, outputs)
-    assert throughput.forward_flops(model) == 2 * 8 * 8 * 27 * 4 + 2 * 4 * 5
+    assert forward_flops(model) == 2 * 8 * 8 * 27 * 4 + 2 * 4 * 5
 
 
 @pytest.mark.large
@@ -108,6 +110,6 @@ def test_cpu_kind_names_both_machine_kinds():
 def test_best_peer_mode_is_per_precision():
     modes = {"fp32": {"images_per_s": 50.0}, "fp32+cl": {"images_per_s": 45.0},
              "bf16": {"images_per_s": 70.0}, "bf16+cl": {"images_per_s": 90.0}}
-    assert throughput.best_peer_mode(modes, "float32") == "fp32"
-    assert throughput.best_peer_mode(modes, "mixed_bfloat16") == "bf16+cl"
-    assert throughput.best_peer_mode({"fp32": modes["fp32"]}, "mixed_bfloat16") is None
+    assert best_peer_mode(modes, "float32") == "fp32"
+    assert best_peer_mode(modes, "mixed_bfloat16") == "bf16+cl"
+    assert best_peer_mode({"fp32": modes["fp32"]}, "mixed_bfloat16") is None
