@@ -11,7 +11,7 @@ from dcm_keras.export import export_saved_model, load_network, save_network
 from dcm_keras.guards import NonFiniteLossError
 from dcm_keras.shipping import input_contract
 from dcm_keras.model import DCM, KDWarmup
-from dcm_keras.surgery import export_network
+from dcm_keras.deployable import export_network
 
 __version__ = "0.1.0"
 

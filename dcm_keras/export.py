@@ -1,6 +1,6 @@
 """Model files: `.keras` files written atomically with stock layers and read back with clear errors,
 serving SavedModels, and TFLite / ONNX / SavedModel conversions checked against Keras before they
-take their name. Extracting the deployable network is `dcm_keras.surgery`'s job.
+take their name. Extracting the deployable network is `dcm_keras.deployable`'s job.
 """
 
 from __future__ import annotations

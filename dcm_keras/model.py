@@ -32,7 +32,7 @@ from dcm_keras import guards, monitoring, tracing, validation
 from dcm_keras.errors import UserError
 from dcm_keras.multi_worker import MultiWorkerFixes
 from dcm_keras.summary import print_summary
-from dcm_keras.surgery import export_network as _export_network
+from dcm_keras.deployable import export_network as _export_network
 from dcm_keras.validation import network_heads
 
 CE_NORMALIZATIONS = ("sum", "mean_per_network")
