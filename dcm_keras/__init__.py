@@ -1,8 +1,8 @@
 """dcm_keras: Dense Cross-layer Mutual-distillation (Yao & Sun, ECCV 2020) for Keras 3."""
 
-# `errors` and `precision` first, as names of this package too: a script may have loaded them
-# already without this __init__ (experiments.common.light_library_module).
-from dcm_keras import errors, precision
+# The light modules first, as names of this package too: a script may have loaded them already
+# without this __init__ (experiments.common.light_library_module).
+from dcm_keras import atomic, errors, precision
 from dcm_keras import callbacks, connections, losses, networks
 from dcm_keras.connections import PRESETS, Edge
 from dcm_keras.callbacks import SaveBestNetwork

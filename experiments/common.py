@@ -7,7 +7,6 @@ imports this module; this module imports nothing of it.
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import platform
 import statistics
@@ -17,7 +16,8 @@ from typing import Dict, List, Optional, Tuple
 
 
 def light_library_module(name: str) -> types.ModuleType:
-    """`dcm_keras.<name>`, a library module that imports nothing heavy (`errors`, `precision`),
+    """`dcm_keras.<name>`, a library module that imports nothing heavy (`errors`, `precision`,
+    `atomic`),
     without running `dcm_keras/__init__`, which starts Keras and TensorFlow.
 
     The scripts check their flags and files before the backend starts (0.3 s against 7 s for a
@@ -42,8 +42,8 @@ def light_library_module(name: str) -> types.ModuleType:
 # The one error type of user mistakes, the library's: the scripts end with its one-line message.
 UserError = light_library_module("errors").UserError
 
-__all__ = ["METHODS", "NOT_IDENTITY", "UserError", "light_library_module", "check_path_flag", "check_output_file",
-           "flag_differences", "steady_epoch_seconds", "check_data_dir", "check_name",
+__all__ = ["METHODS", "UserError", "light_library_module", "check_path_flag", "check_output_file",
+           "steady_epoch_seconds", "check_data_dir", "check_name",
            "error_percent", "versions", "one_line", "image_folder_summary"]
 
 # method -> (auxiliary heads?, connections preset). The paper's Table 1 names.
@@ -56,9 +56,6 @@ METHODS: Dict[str, Tuple[bool, str]] = {
     "same_stage": (True, "same_stage"),
     "cross_stage": (True, "cross_stage"),
 }
-
-# Flags that locate things rather than define the experiment: a resumed run may change them.
-NOT_IDENTITY = ("model_dir", "data_dir", "overwrite")
 
 
 def check_path_flag(value: Optional[str], flag: str) -> None:
@@ -86,20 +83,6 @@ def check_output_file(path: Optional[str], flag: str) -> None:
         raise UserError(f"{flag} {path} cannot be created: {parent} is a file, not a folder.")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise UserError(f"{flag} {path} cannot be created: {parent} is not writable.")
-
-
-def flag_differences(old: dict, new: dict) -> List[str]:
-    """`name: old -> new` for each flag that defines the experiment and differs.
-
-    Flags that only locate things (NOT_IDENTITY) may change between a run and its resumption.
-    """
-    diffs = []
-    for name, value in new.items():
-        if name in NOT_IDENTITY:
-            continue
-        if json.dumps(old.get(name)) != json.dumps(value):
-            diffs.append(f"{name}: {old.get(name)!r} -> {value!r}")
-    return diffs
 
 
 def steady_epoch_seconds(history: List[dict]) -> Optional[float]:

@@ -14,7 +14,7 @@ from typing import Dict, List, Optional, Sequence
 
 from experiments import common
 from experiments.common import UserError
-from experiments.config import OPERATIONAL_FLAGS, RUN_FLAGS, check_flag_value
+from experiments.config import COMPARISON_FLAGS, PER_RUN_FLAGS, RUN_FLAGS, check_flag_value
 from experiments.rundir import files
 
 # The presets: comparison config files, in the same format as --config (copy one to start your
@@ -43,9 +43,10 @@ PRESETS: Dict[str, dict] = {name: files.read_json(preset_path(name)) for name in
 # The keys a comparison config may have.
 CONFIG_KEYS = ("name", "description", "note", "rows", "methods", "seeds", "train_flags")
 # What compare.py sets for each run; a config may set only the other run flags of train.py
-# (an allow-list: `flagfile`, say, could otherwise point a run at another --model_dir).
-PER_RUN = ("method", "nets", "seed", "model_dir", "overwrite")
-TRAIN_FLAGS = tuple(f for f in RUN_FLAGS + OPERATIONAL_FLAGS if f not in PER_RUN)
+# (an allow-list: `flagfile`, say, could otherwise point a run at another --model_dir). Both are
+# declared with the flags (experiments/config.py).
+PER_RUN = PER_RUN_FLAGS
+TRAIN_FLAGS = COMPARISON_FLAGS
 
 
 # Configs beyond this many runs are refused before anything starts: a typo such as

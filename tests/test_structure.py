@@ -5,7 +5,9 @@
   nor inside a function (a function-level import hides a cycle; it does not remove it);
 - Keras's private API (`keras.src`) is reached only through dcm_keras/_keras_compat.py, which
   checks at import that what it uses is still there;
-- no module of dcm_keras grows past MAX_LINES.
+- no module of dcm_keras grows past MAX_LINES;
+- the scripts' packages (experiments/, benchmarks/) keep the same rules on cycles, with the whole
+  import graph (library and scripts) as one, and their own size limits (SCRIPT_MAX_LINES).
 """
 
 from __future__ import annotations
@@ -18,12 +20,15 @@ REPO = Path(__file__).resolve().parent.parent
 PACKAGE = "dcm_keras"
 KERAS_COMPAT = REPO / PACKAGE / "_keras_compat.py"
 MAX_LINES = 360
+SCRIPTS = ("experiments", "benchmarks")
+# A thin entry point, and modules named for what they hold rather than grab-bags.
+SCRIPT_MAX_LINES = {"experiments/train.py": 300, "experiments": 450, "benchmarks": 600}
 
 
-def _modules() -> Dict[str, Path]:
-    """Dotted module name -> file, for every module of the package (`pkg` for pkg/__init__.py)."""
+def _modules(packages=(PACKAGE,)) -> Dict[str, Path]:
+    """Dotted module name -> file, for every module of `packages` (`pkg` for pkg/__init__.py)."""
     modules = {}
-    for path in sorted((REPO / PACKAGE).rglob("*.py")):
+    for path in sorted(p for package in packages for p in (REPO / package).rglob("*.py")):
         parts = list(path.relative_to(REPO).with_suffix("").parts)
         if parts[-1] == "__init__":
             parts.pop()
@@ -97,9 +102,10 @@ def _imported(tree: ast.Module, module: str, is_package: bool, known: Set[str],
     return {name for name in found if name in known and name != module}
 
 
-def import_graph(in_functions: bool = False) -> Dict[str, Set[str]]:
-    """Module -> the package's modules it imports at module level (and in functions if asked)."""
-    modules = _modules()
+def import_graph(in_functions: bool = False, packages=(PACKAGE,)) -> Dict[str, Set[str]]:
+    """Module -> the modules of `packages` it imports at module level (and in functions if
+    asked)."""
+    modules = _modules(packages)
     known = set(modules)
     return {name: _imported(ast.parse(path.read_text(), str(path)), name,
                             path.name == "__init__.py", known, in_functions)
@@ -206,3 +212,27 @@ def test_no_module_is_too_long():
     long = {str(path.relative_to(REPO)): n for path in sorted((REPO / PACKAGE).rglob("*.py"))
             if (n := len(path.read_text().splitlines())) > MAX_LINES}
     assert not long, f"modules over {MAX_LINES} lines (split them): {long}"
+
+
+def test_no_import_cycle_in_the_library_and_scripts_together():
+    graph = import_graph(in_functions=True, packages=(PACKAGE,) + SCRIPTS)
+    assert "experiments.rundir.run" in graph["experiments.train"] or any(
+        name.startswith("experiments.") for name in graph["experiments.train"])
+    cycle = find_cycle(graph)
+    assert cycle is None, "import cycle (library and scripts, functions included): " + \
+        " -> ".join(cycle)
+
+
+def _line_limit(relative: str) -> int:
+    return SCRIPT_MAX_LINES.get(relative, SCRIPT_MAX_LINES[relative.split("/")[0]])
+
+
+def test_no_script_module_is_too_long():
+    assert _line_limit("experiments/train.py") == 300 and _line_limit("benchmarks/x.py") == 600
+    long = {}
+    for package in SCRIPTS:
+        for path in sorted((REPO / package).rglob("*.py")):
+            relative = path.relative_to(REPO).as_posix()
+            if (n := len(path.read_text().splitlines())) > _line_limit(relative):
+                long[relative] = (n, _line_limit(relative))
+    assert not long, f"script modules over their limit (lines, limit): {long}"

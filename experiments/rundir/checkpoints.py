@@ -60,6 +60,7 @@ from dcm_keras import _keras_compat as compat
 from dcm_keras.guards import NonFiniteLossError
 from experiments import common
 from experiments.common import UserError
+from experiments.config import flag_differences
 from experiments.rundir import files
 from experiments.rundir.directory import RunDirectory, open_folder
 
@@ -178,7 +179,7 @@ def check_metadata(folder, meta: dict, epochs: Optional[int], identity: Optional
                               f"committed (size {found[0]} bytes, recorded {meta.get('size')}, or "
                               f"their checksum differs){START_OVER}")
     if identity is not None and isinstance(meta.get("flags"), dict):
-        diffs = common.flag_differences(meta["flags"], identity)
+        diffs = flag_differences(meta["flags"], identity)
         if diffs:
             raise CheckpointError(f"the backup in {where} was made with other flags "
                                   f"({'; '.join(diffs)}){START_OVER}")

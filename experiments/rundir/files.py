@@ -16,8 +16,11 @@ import shutil
 import sys
 from typing import Optional, Union
 
-from dcm_keras.atomic import replacing
-from experiments.common import UserError, one_line
+from experiments.common import UserError, light_library_module, one_line
+
+# The library's atomic write, loaded without dcm_keras/__init__ (which starts TensorFlow): the
+# scripts check and write their files before the backend starts.
+replacing = light_library_module("atomic").replacing
 
 FLAGS_FILE = "flags.json"
 FLAGFILE = "flagfile.txt"

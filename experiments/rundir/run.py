@@ -14,6 +14,7 @@ from typing import List, Optional
 
 from experiments import common
 from experiments.common import UserError
+from experiments.config import flag_differences
 from experiments.rundir import files
 from experiments.rundir.directory import EVENTS, MANIFEST_FILE, RunDirectory, open_folder
 from experiments.rundir.folder import Folder, link_error, open_no_follow
@@ -28,11 +29,6 @@ def run_files(num_nets: int) -> List[str]:
     """The files a run of `num_nets` networks writes at the top of --model_dir."""
     return [files.FLAGS_FILE, files.FLAGFILE, files.HISTORY_FILE, files.RESULTS_FILE,
             files.PLOT_FILE] + [network_file(k) for k in range(num_nets)]
-
-
-def identity(flags_json: dict) -> dict:
-    """The flags that define the experiment (flags.json less its locations)."""
-    return {k: v for k, v in flags_json.items() if k not in common.NOT_IDENTITY}
 
 
 def without_nan(value):
@@ -84,7 +80,7 @@ class TrainingRun:
         previous = _read_flags(folder, overwrite)
         replace, complete = False, False
         if previous is not None:
-            diffs = common.flag_differences(previous, flags_json)
+            diffs = flag_differences(previous, flags_json)
             if diffs and not overwrite:
                 raise UserError(f"{path} holds a run with different flags ({'; '.join(diffs)}); "
                                 "use another --model_dir or pass --overwrite to replace it.")

@@ -8,18 +8,19 @@ import json
 import pytest
 
 from experiments import common
+from experiments.config import flag_differences
 
 
 def test_flag_differences_ignore_locations():
     old = {"method": "dcm", "epochs": 3, "nets": ["a", "b"], "model_dir": "/x", "data_dir": None,
            "overwrite": False}
     moved = dict(old, model_dir="/y", data_dir="/data", overwrite=True)
-    assert common.flag_differences(old, moved) == []
+    assert flag_differences(old, moved) == []
     changed = dict(old, epochs=4, nets=["a", "c"])
-    assert common.flag_differences(old, changed) == [
+    assert flag_differences(old, changed) == [
         "epochs: 3 -> 4", "nets: ['a', 'b'] -> ['a', 'c']"]
     # A flag the recorded run did not have counts as a difference.
-    assert common.flag_differences(old, dict(old, seed=0)) == ["seed: None -> 0"]
+    assert flag_differences(old, dict(old, seed=0)) == ["seed: None -> 0"]
 
 
 def test_steady_epoch_seconds_leaves_out_the_tracing_epoch():

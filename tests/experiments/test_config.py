@@ -75,14 +75,14 @@ def test_the_presets_are_package_data():
 
 
 def test_train_flag_validator_lists_the_data_registry():
-    """train.py validates --dataset before the backend starts, so it keeps its own tuple of
+    """config.py validates --dataset before the backend starts, so it keeps its own tuple of
     names (the registry lives in dcm_keras, whose import starts the backend); they must agree."""
     import ast
 
     from dcm_keras import data
 
-    # Read from the source: importing train.py here would define its absl flags a second time.
-    tree = ast.parse(open(os.path.join(os.path.dirname(compare.__file__), "train.py")).read())
+    # Read from the source: the module-level tuple as written.
+    tree = ast.parse(open(os.path.join(os.path.dirname(compare.__file__), "config.py")).read())
     [names] = [ast.literal_eval(node.value) for node in tree.body if isinstance(node, ast.Assign)
                and [getattr(t, "id", None) for t in node.targets] == ["DATASETS"]]
     assert names == data.DATASETS
