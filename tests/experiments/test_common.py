@@ -83,6 +83,9 @@ def test_one_user_error_class_and_the_scripts_checks_start_no_backend():
 import sys
 from experiments import common
 from benchmarks import machine
+# The scripts' modules that check flags and files before the backend starts.
+from experiments import compare, convert, evaluate, train
+from experiments.rundir import files, run
 assert machine.resolve_precision("auto", {"cpu_flags": ["avx512_bf16"]}) == "mixed_bfloat16"
 heavy = sorted(m for m in ("tensorflow", "keras", "jax") if m in sys.modules)
 assert not heavy, heavy
