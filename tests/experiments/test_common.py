@@ -83,8 +83,6 @@ def test_one_user_error_class_and_the_scripts_checks_start_no_backend():
 import sys
 from experiments import common
 from benchmarks import machine
-# The scripts' modules that check flags and files before the backend starts.
-from experiments import compare, convert, evaluate, train
 from experiments.rundir import files, run
 assert machine.resolve_precision("auto", {"cpu_flags": ["avx512_bf16"]}) == "mixed_bfloat16"
 heavy = sorted(m for m in ("tensorflow", "keras", "jax") if m in sys.modules)
@@ -102,3 +100,18 @@ except common.UserError as e:
                             timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "caught:" in result.stdout
+
+
+@pytest.mark.parametrize("script", ["train", "compare", "evaluate", "convert"])
+def test_the_scripts_check_their_flags_before_the_backend_starts(script):
+    """Each script's module (flags, checks, run-folder files) imports no backend: a mistake is
+    reported in a fraction of a second, not after TensorFlow's start."""
+    import subprocess
+    import sys
+
+    check = (f"import sys\nimport experiments.{script}\n"
+             "heavy = sorted(m for m in ('tensorflow', 'keras', 'jax') if m in sys.modules)\n"
+             "assert not heavy, heavy\n")
+    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
