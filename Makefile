@@ -43,8 +43,9 @@ test: venv data
 	KERAS_BACKEND=tensorflow TF_ENABLE_ONEDNN_OPTS=0 TF_CPP_MIN_LOG_LEVEL=3 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope -m core tests
 	KERAS_BACKEND=jax TF_CPP_MIN_LOG_LEVEL=3 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope -m core tests
 
-# The fast loop while changing code: every test not marked `large` (those drive the scripts in
-# subprocesses), under TensorFlow, oneDNN on. `make test` still runs everything before a commit.
+# The fast loop while changing code: every test not marked `large` (those start the scripts or
+# TensorFlow in subprocesses, or build the big networks: see tests/conftest.py), under
+# TensorFlow, oneDNN on. `make test` still runs everything before a commit.
 test-fast: venv data
 	KERAS_BACKEND=tensorflow TF_ENABLE_ONEDNN_OPTS=1 TF_CPP_MIN_LOG_LEVEL=3 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope --durations=8 -m "not large" tests
 

@@ -6,9 +6,12 @@ that exercises a TensorFlow-only feature (SavedModel export, tf.distribute, a co
 the TensorFlow backend) is marked `@pytest.mark.requires_tensorflow("why")` and is skipped, with
 that reason, under any other backend.
 
-The large tests (`pytest.mark.large`, on a file or a test) start the scripts or TensorFlow in
-subprocesses and train tiny runs: `make test-fast` (`pytest -m "not large"`) leaves them out for
-a loop of minutes; `make test`, what CI runs, runs everything.
+The large tests (`pytest.mark.large`, on a file, a test or a parametrisation) are the costly
+ones: they start the scripts or TensorFlow in subprocesses and train tiny runs, build the big
+networks (the keras.applications models other than MobileNetV3Small, WRN-28-10), or repeat with
+more work what a fast test checks (the mixed_bfloat16 twins in tests/test_shipping.py).
+`make test-fast` (`pytest -m "not large"`) leaves them out for a loop of minutes; `make test`,
+what CI runs, runs everything.
 """
 
 import keras
@@ -19,7 +22,7 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "core: a core library test, also run under JAX (`make test` runs -m core)")
     config.addinivalue_line(
-        "markers", "large: starts scripts or TensorFlow in subprocesses (`make test-fast` skips)")
+        "markers", "large: subprocesses or big networks, left out by `make test-fast`")
     config.addinivalue_line(
         "markers", "requires_tensorflow(reason): skip unless KERAS_BACKEND is tensorflow")
 

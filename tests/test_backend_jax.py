@@ -90,10 +90,11 @@ np.savez(out / "jax_after.npz", *dcm.get_weights())
 result["seconds_same"] = time.time() - start
 
 # 2. Go on training that model under JAX, fed by the tf.data pipeline (batches of 32 as above,
-# so the functions jitted above are reused), then evaluate and export it.
-train = data.load("fashion_mnist", "train", batch_size=32, max_examples=256, seed=0)
-test = data.load("fashion_mnist", "test", batch_size=32, max_examples=128)
-result["history"] = dcm.fit(train, validation_data=test, epochs=3, verbose=0).history
+# so the functions jitted above are reused), then evaluate and export it. Two epochs of 4 steps
+# (3 of 8 took 13 s more CPU): the mean loss fell by 8 % between them (2026-12-07).
+train = data.load("fashion_mnist", "train", batch_size=32, max_examples=128, seed=0)
+test = data.load("fashion_mnist", "test", batch_size=32, max_examples=64)
+result["history"] = dcm.fit(train, validation_data=test, epochs=2, verbose=0).history
 result["evaluate"] = dcm.evaluate(test, verbose=0, return_dict=True)
 result["seconds_fit"] = time.time() - start
 
@@ -161,7 +162,8 @@ def test_fit_evaluate_and_export_under_jax(jax_run):
     assert history["loss"][-1] < history["loss"][0], history["loss"]
     assert history["ce_loss"][-1] < history["ce_loss"][0], history["ce_loss"]
     assert all(v > 0 for v in history["kd_loss"] + history["wd_loss"])
-    for epoch in range(3):  # the loss is the sum of its parts, as under TensorFlow
+    assert len(history["loss"]) == 2
+    for epoch in range(2):  # the loss is the sum of its parts, as under TensorFlow
         parts = sum(history[k][epoch] for k in ("ce_loss", "kd_loss", "wd_loss"))
         assert history["loss"][epoch] == pytest.approx(parts, rel=1e-5)
     assert set(result["evaluate"]) == EXPECTED_METRICS

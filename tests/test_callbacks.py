@@ -30,6 +30,9 @@ def _data(n=16):
     return rng.normal(size=(n,) + IMAGE).astype("float32"), (np.arange(n) % 10).astype("int32")
 
 
+# A traced fit of two networks; every logged name's direction is also checked by
+# test_every_reported_metric_has_a_direction, in the fast loop.
+@pytest.mark.large
 def test_monitoring_callbacks_with_default_mode(tmp_path):
     dcm = _dcm()
     x, y = _data()
@@ -202,6 +205,7 @@ def test_save_best_network_saves_only_on_improvement(tmp_path):
     np.testing.assert_allclose(kernel, 3.0 * np.eye(CLASSES))  # epoch 2's, not epoch 3's
 
 
+@pytest.mark.large  # loads the file in a fresh Python process
 def test_saved_best_network_loads_with_keras_alone(tmp_path):
     """The file is what dcm_keras ships: Keras's own layers, no heads, loadable without us."""
     dcm = _dcm()

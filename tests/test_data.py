@@ -522,6 +522,7 @@ def _pipeline_hash(root) -> str:
     return h.hexdigest()
 
 
+@pytest.mark.large  # starts TensorFlow in a subprocess
 def test_determinism_across_processes(tmp_path):
     root = _make_folder(tmp_path / "f")
     script = textwrap.dedent(f"""

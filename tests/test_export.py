@@ -195,6 +195,7 @@ def test_export_saved_model_needs_tensorflow(dcm, tmp_path):
     assert not path.exists()
 
 
+@pytest.mark.large  # loads the file in a fresh Python process
 def test_saved_network_loads_without_dcm_keras(dcm, images, tmp_path):
     """Production code loads an exported file with Keras alone: no dcm_keras class inside."""
     path = str(tmp_path / "net2.keras")

@@ -87,6 +87,7 @@ def test_model_md_plot_block_runs(tmp_path, monkeypatch):
     assert not isinstance(shipped.output, dict) and shipped.count_params() < net.count_params()
 
 
+@pytest.mark.large  # tests/networks/test_heads.py runs the same block in the fast loop
 def test_readme_backbone_example_trains_with_the_cli_conventions():
     """The keras.applications example gets what --nets=keras:NAME gets: BN momentum 0.9 (not
     MobileNetV3's 0.999, near chance after short runs) and no second normalisation."""

@@ -48,7 +48,9 @@ def _normalised(pixels):
             / np.float32(INFO.std)).astype("float32")
 
 
-@pytest.fixture(scope="module", params=["float32", "mixed_bfloat16"])
+# Trained under mixed_bfloat16 too in `make test`; `make test-fast` checks the float32 pair.
+@pytest.fixture(scope="module",
+                params=["float32", pytest.param("mixed_bfloat16", marks=pytest.mark.large)])
 def trained(request):
     return request.param, _trained(request.param)
 
@@ -84,6 +86,7 @@ def test_raw_pixel_export_matches_the_normalised_network(trained, tmp_path):
     assert dcm_keras.input_contract(bare) is None
 
 
+@pytest.mark.large  # loads the file in a fresh Python process
 def test_contract_loads_without_dcm_keras(trained, tmp_path):
     """Keras alone loads the file, reads mean/std from it and maps raw uint8 pixels to logits."""
     _, dcm = trained

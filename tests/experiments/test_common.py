@@ -73,6 +73,7 @@ def test_an_output_file_that_is_a_folder_or_below_a_file_is_refused(tmp_path):
     common.check_output_file(str(tmp_path / "new" / "out.json"), "--output")
 
 
+@pytest.mark.large  # starts TensorFlow in a subprocess
 def test_one_user_error_class_and_the_scripts_checks_start_no_backend():
     """The scripts' UserError is the library's class, loaded without dcm_keras/__init__ (which
     starts TensorFlow), whichever of the two is imported first."""

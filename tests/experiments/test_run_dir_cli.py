@@ -9,7 +9,8 @@
    results.json holds every epoch and a real wall time;
 5. `--overwrite` (here the restart of 2) leaves the user's own files in `logs/` and `backup/`.
 
-The runs of 1, 2 and 4 train at the same time (TINY_TRAIN_FLAGS on an image folder).
+The runs of 1, 2 and 4 train at the same time (TINY_TRAIN_FLAGS on an image folder, with
+--method=dml: no auxiliary heads to trace, and nothing here depends on the method).
 """
 
 import json
@@ -26,6 +27,10 @@ pytestmark = [
     pytest.mark.requires_tensorflow("experiment scripts are tested on TensorFlow"),
 ]
 TIMEOUT = 400  # a loaded 2-core machine takes minutes to start three TensorFlow runs
+
+
+def _train(folder, model_dir, *extra: str):
+    return tiny_train(folder, model_dir, "--method=dml", *extra)
 
 
 def _outcome(process):
@@ -61,12 +66,12 @@ def hostile(tmp_path_factory, small_folder):
              for name, path in release.items()}
     outside = root / "outside"
     kept = _user_files(outside)
-    linked = Watched(*tiny_train(small_folder, root / "linked", "--epochs=2"),
+    linked = Watched(*_train(small_folder, root / "linked", "--epochs=2"),
                      extra_env=pause["linked"])
-    history = Watched(*tiny_train(small_folder, root / "history", "--epochs=2"),
+    history = Watched(*_train(small_folder, root / "history", "--epochs=2"),
                       extra_env=pause["history"])
     # A one-epoch run killed during the export (its backup then holds the epoch).
-    tampered = Watched(*tiny_train(small_folder, root / "tampered"),
+    tampered = Watched(*_train(small_folder, root / "tampered"),
                        extra_env={"DCM_DEBUG_PAUSE": "export:300"})
     out = {"root": root, "outside": outside, "kept": kept}
     try:
@@ -86,7 +91,7 @@ def hostile(tmp_path_factory, small_folder):
 
         # Each link is planted as soon as its run pauses (whichever pauses first).
         _act_on_pauses({linked: plant_backup_link, history: plant_history_link})
-        second = Watched(*tiny_train(small_folder, root / "history", "--epochs=2"))
+        second = Watched(*_train(small_folder, root / "history", "--epochs=2"))
         out["second"] = (second.finish(TIMEOUT), message_lines(second.stderr))
         release["history"].touch()  # it held its folder's lock while the second process tried
 
@@ -100,7 +105,7 @@ def hostile(tmp_path_factory, small_folder):
         meta = json.loads(meta_path.read_text())
         out["committed"] = meta["epoch"]
         meta_path.write_text(json.dumps({**meta, "epoch": 99}))
-        rerun = Watched(*tiny_train(small_folder, root / "tampered"))
+        rerun = Watched(*_train(small_folder, root / "tampered"))
         out["tampered"] = (rerun.finish(TIMEOUT), rerun)
 
         # 5: the user's own files in logs/ and backup/ survive the --overwrite that starts over.
@@ -109,7 +114,7 @@ def hostile(tmp_path_factory, small_folder):
         for name, text in mine.items():
             (root / "tampered" / name).write_text(text)
         out["mine"] = mine
-        restart = Watched(*tiny_train(small_folder, root / "tampered", "--overwrite"))
+        restart = Watched(*_train(small_folder, root / "tampered", "--overwrite"))
         out["restart"] = (restart.finish(TIMEOUT), restart)
         yield out
     finally:

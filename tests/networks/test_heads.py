@@ -17,6 +17,10 @@ CLASSES = 3
 # light heads keep the training and round-trip test fast, still at the "auto" branch points.
 TRAIN_HEAD = {"MobileNetV3Small": "replica", "keras_hub_resnet": "replica"}
 APPS = ["ResNet50V2", "MobileNetV3Small", "EfficientNetB0", "ConvNeXtTiny"]
+# The three big applications take about 70 % of this file's CPU time (building them and a
+# DCM step each): `make test-fast` checks the smallest, MobileNetV3Small; `make test` all four.
+APP_PARAMS = [name if name == "MobileNetV3Small" else pytest.param(name, marks=pytest.mark.large)
+              for name in APPS]
 SMALL = (16, 16, 3)  # our own WRN-16-2, shared with test_contract.py (conftest.py)
 
 
@@ -68,7 +72,7 @@ def _images(n=2, seed=0):
     return np.random.default_rng(seed).random((n,) + IMAGE, dtype=np.float32)
 
 
-@pytest.mark.parametrize("name", APPS)
+@pytest.mark.parametrize("name", APP_PARAMS)
 def test_auto_replica_heads_on_keras_applications(name, apps):
     base = apps(name)
     x = _images()
@@ -97,7 +101,7 @@ def _losses(dcm, x, y):
     return total, sum(float(v) for v in dcm.losses)
 
 
-@pytest.mark.parametrize("name", APPS + ["keras_hub_resnet"])
+@pytest.mark.parametrize("name", APP_PARAMS + ["keras_hub_resnet"])
 def test_dcm_pair_trains_and_round_trips(name, apps, tmp_path):
     base = apps(name)
     net = networks.attach_heads(base, head=TRAIN_HEAD.get(name, "light"), weight_decay=5e-4)
@@ -229,6 +233,7 @@ def test_bad_models_and_branch_points_are_refused():
         networks.attach_heads(Sub())
 
 
+@pytest.mark.large  # builds EfficientNetB0 twice
 def test_registry_builds_keras_applications_by_name(apps):
     # Heads, padding below 32x32 and BN momentum: the keras family in test_contract.py.
     plain = networks.build("keras:EfficientNetB0", CLASSES, input_shape=(28, 28, 3),

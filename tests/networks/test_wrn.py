@@ -19,12 +19,14 @@ def wrn_28_10():
             networks.build("wrn_28_10", num_classes=100, aux_heads=False))
 
 
+@pytest.mark.large  # builds WRN-28-10 twice (WRN-16-2's counts are in the fast loop)
 def test_wrn_28_10_param_counts(wrn_28_10):
     with_heads, without = wrn_28_10
     assert _trainable(without) == 36_536_884
     assert _trainable(with_heads) == 164_146_364
 
 
+@pytest.mark.large
 def test_wrn_28_10_head_structure(wrn_28_10):
     model = wrn_28_10[0]
     assert model.name == "wrn_28_10" and (model.depth, model.width) == (28, 10)
