@@ -329,7 +329,8 @@ def status_table(groups: list[tuple[str, list[str]]], results: str = RESULTS) ->
 
 
 def matched_table(dcm_config: str, matched: list[str], results: str = RESULTS) -> str:
-    """DCM of `dcm_config` against the methods trained longer for the same compute (S2)."""
+    """DCM of `dcm_config` against every other run of it and the methods trained longer for
+    the same compute (S2), each with its final training accuracy."""
     names = [dcm_config] + expand(matched, results)
     waiting = [n for n in names if load(n, results) is None]
     if len(names) < 2 or waiting:
@@ -338,16 +339,22 @@ def matched_table(dcm_config: str, matched: list[str], results: str = RESULTS) -
     dcm = per_method(load(dcm_config, results)).get("dcm")
     if dcm is None:
         return _md(["compute-matched comparison"], [[f"{dcm_config} has no DCM runs"]])
-    rows = [[budget(load(dcm_config, results)), "dcm", dcm["net1"].text(), dcm["net2"].text(),
-             "", "", str(dcm["net1"].n)]]
-    for name in names[1:]:
+
+    def row(table: dict, method: str, r: dict, margins: list[str]) -> list[str]:
+        return [budget(table), method, r["net1"].text(), r["net2"].text(), *margins,
+                f"{_acc(r, 'acc1')} / {_acc(r, 'acc2')}", str(r["net1"].n)]
+
+    rows = [row(load(dcm_config, results), "dcm", dcm, ["", ""])]
+    for name in names:
         table = load(name, results)
         for method, r in per_method(table).items():
-            rows.append([budget(table), method, r["net1"].text(), r["net2"].text(),
-                         *(margin(dcm[n], r[n]).text() for n in ("net1", "net2")),
-                         str(r["net1"].n)])
+            if name == dcm_config and method == "dcm":
+                continue
+            rows.append(row(table, method, r, [margin(dcm[n], r[n]).text()
+                                               for n in ("net1", "net2")]))
     return _md(["train images × epochs", "method", "net1 error (%)", "net2 error (%)",
-                "DCM − this, net1 (spread)", "DCM − this, net2 (spread)", "seeds"], rows)
+                "DCM − this, net1 (spread)", "DCM − this, net2 (spread)",
+                "train acc net1 / net2 (%)", "seeds"], rows)
 
 
 def record_table(results: str = RESULTS) -> str:

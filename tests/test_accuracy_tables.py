@@ -190,12 +190,22 @@ def test_compute_matched_waits_for_both_files_then_compares(tmp_path):
     text = tables.matched_table("fake_n100_e10", ["fake_n100_e*_matched"], results=str(tmp_path))
     assert "waiting for results: fake_n100_e10, fake_n100_e22_matched" in text
     (tmp_path / "fake_n100_e10.json").write_text(json.dumps(_table(
-        {("dcm", 0): (10.0, 11.0), ("dcm", 1): (10.2, 11.2)}, "fake_n100_e10", ("dcm",))))
+        {("dcm", 0): (10.0, 11.0), ("dcm", 1): (10.2, 11.2), ("baseline", 0): (13.0, 12.0),
+         ("baseline", 1): (13.0, 12.0)}, "fake_n100_e10", ("baseline", "dcm"))))
     text = tables.matched_table("fake_n100_e10", ["fake_n100_e*_matched"], results=str(tmp_path))
     assert "waiting for results: fake_n100_e22_matched" in text and "10.10" not in text
     (tmp_path / "fake_n100_e22_matched.json").write_text(json.dumps(_table(
         {("baseline", 0): (12.0, 11.0), ("baseline", 1): (12.4, 11.4)}, "fake_n100_e22_matched",
         ("baseline",))))
     text = tables.matched_table("fake_n100_e10", ["fake_n100_e*_matched"], results=str(tmp_path))
-    assert "| baseline | 12.20 ± 0.28 | 11.20 ± 0.28 | -2.10 (beyond 0.28) | -0.10 (within 0.28) | 2 |" \
-        in text
+    lines = text.splitlines()
+    # DCM first, then the other methods of its own config, then the longer-trained ones, each
+    # with its training accuracy: a longer schedule that fits more shows there.
+    assert [line.split(" | ")[1] for line in lines[2:]] == ["dcm", "baseline", "baseline"]
+    assert lines[2].startswith("| 100 × 2 (20 steps) | dcm | 10.10 ± 0.14 | 11.10 ± 0.14 |  |  |")
+    assert lines[3].endswith(
+        "| baseline | 13.00 ± 0.00 | 12.00 ± 0.00 | -2.90 (beyond 0.14) | -0.90 (beyond 0.14) "
+        "| 90.0 / 92.0 | 2 |")
+    assert lines[4].endswith(
+        "| baseline | 12.20 ± 0.28 | 11.20 ± 0.28 | -2.10 (beyond 0.28) | -0.10 (within 0.28) "
+        "| 90.0 / 92.0 | 2 |")
