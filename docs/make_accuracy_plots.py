@@ -139,7 +139,8 @@ def plot_sweep(plt, tables, stages, path, title):
     plt.close(fig)
 
 
-def main():
+def main(out_dir: str = HERE) -> list[str]:
+    """Draws every plot whose results are present into `out_dir`; returns the files written."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -153,7 +154,7 @@ def main():
     written = []
 
     def out(name):
-        written.append(os.path.join(HERE, name))
+        written.append(os.path.join(out_dir, name))
         return written[-1]
 
     if cifar:
@@ -173,7 +174,8 @@ def main():
     if ablations_gpu:
         plot_factors(plt, dict(gpu)["fmnist_n2048_e100"], ablations_gpu,
                      out("accuracy_dcm_factors_gpu.png"))
-    print("wrote " + ", ".join(os.path.relpath(p, HERE) for p in written))
+    print("wrote " + ", ".join(os.path.relpath(p, out_dir) for p in written))
+    return written
 
 
 if __name__ == "__main__":

@@ -209,3 +209,24 @@ def test_compute_matched_waits_for_both_files_then_compares(tmp_path):
     assert lines[4].endswith(
         "| baseline | 12.20 ± 0.28 | 11.20 ± 0.28 | -2.10 (beyond 0.28) | -0.10 (within 0.28) "
         "| 90.0 / 92.0 | 2 |")
+
+
+# --- The plots -------------------------------------------------------------------------------
+
+def test_plots_are_drawn_from_the_committed_results(tmp_path):
+    """Every plot the guides show is drawn again from the results files, none is left out."""
+    spec = importlib.util.spec_from_file_location("make_accuracy_plots",
+                                                  REPO / "docs" / "make_accuracy_plots.py")
+    plots = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plots)
+    written = plots.main(out_dir=str(tmp_path))
+    shown = set(re.findall(r"\(\.\./(accuracy_[\w]+\.png)\)",
+                           (REPO / "docs" / "results" / "README.md").read_text()))
+    assert {pathlib.Path(p).name for p in written} == shown
+    for path in written:
+        assert pathlib.Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # One seed has no spread: drawn without an error bar, never a zero-width "spread".
+    one_seed = tables.per_method(_table({("baseline", 0): (20.0, 22.0), ("dcm", 0): (18.0, 19.0)}))
+    assert plots.per_method(_table({("baseline", 0): (20.0, 22.0), ("dcm", 0): (18.0, 19.0)})
+                            )["dcm"]["pair"] == (18.5, 0.0, 1)
+    assert one_seed["dcm"]["pair"].std is None
