@@ -340,21 +340,32 @@ def matched_table(dcm_config: str, matched: list[str], results: str = RESULTS) -
     if dcm is None:
         return _md(["compute-matched comparison"], [[f"{dcm_config} has no DCM runs"]])
 
+    dcm_seeds = seeds(load(dcm_config, results), "dcm")
+
+    def by_seed(table: dict, method: str) -> str:
+        """DCM's run of each seed against this method's run of the same seed (same images)."""
+        err = lambda run, n: run[n]["test_error"]["logits"]  # noqa: E731
+        return "; ".join(
+            f"seed {k}: " + " / ".join(f"{err(dcm_seeds[k], n) - err(run, n):+.2f}"
+                                       for n in ("net1", "net2"))
+            for k, run in seeds(table, method).items() if k in dcm_seeds)
+
     def row(table: dict, method: str, r: dict, margins: list[str]) -> list[str]:
         return [budget(table), method, r["net1"].text(), r["net2"].text(), *margins,
                 f"{_acc(r, 'acc1')} / {_acc(r, 'acc2')}", str(r["net1"].n)]
 
-    rows = [row(load(dcm_config, results), "dcm", dcm, ["", ""])]
+    rows = [row(load(dcm_config, results), "dcm", dcm, ["", "", ""])]
     for name in names:
         table = load(name, results)
         for method, r in per_method(table).items():
             if name == dcm_config and method == "dcm":
                 continue
             rows.append(row(table, method, r, [margin(dcm[n], r[n]).text()
-                                               for n in ("net1", "net2")]))
+                                               for n in ("net1", "net2")]
+                            + [by_seed(table, method)]))
     return _md(["train images × epochs", "method", "net1 error (%)", "net2 error (%)",
                 "DCM − this, net1 (spread)", "DCM − this, net2 (spread)",
-                "train acc net1 / net2 (%)", "seeds"], rows)
+                "DCM − this by seed, net1 / net2", "train acc net1 / net2 (%)", "seeds"], rows)
 
 
 def record_table(results: str = RESULTS) -> str:

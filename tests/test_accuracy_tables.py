@@ -62,10 +62,16 @@ def test_readme_does_it_help_numbers_come_from_the_tables():
     assert pairs and multiples, "the README's answer cites no measured number"
     assert len(re.findall(signed, paragraph)) == 2 * len(pairs), "cite margins as net1 / net2"
     answer, cost = tables.answer_table(tables.ANSWER), tables.cost_table()
-    # net1 / net2 of one row of the answer table, each with its spread in parentheses
-    missing = [f"{a} / {b}" for a, b in pairs if not re.search(
-        rf"\| {re.escape(a.replace('−', '-'))} \([^)]*\) / {re.escape(b.replace('−', '-'))} \(",
-        answer)]
+    matched = tables.TABLES["compute_matched"]()
+
+    def cited(a: str, b: str) -> bool:
+        a, b = (re.escape(x.replace("−", "-")) for x in (a, b))
+        # net1 / net2 of one row of the answer table, each with its spread in parentheses, or of
+        # the compute-matched table, in two columns
+        return bool(re.search(rf"\| {a} \([^)]*\) / {b} \(", answer)
+                    or re.search(rf"\| {a} \([^)]*\) \| {b} \(", matched))
+
+    missing = [f"{a} / {b}" for a, b in pairs if not cited(a, b)]
     missing += [m for pair in multiples for m in pair if m and f"| {m} |" not in cost]
     assert not missing, f"README numbers not in any generated table: {missing}"
 
@@ -202,13 +208,14 @@ def test_compute_matched_waits_for_both_files_then_compares(tmp_path):
     # DCM first, then the other methods of its own config, then the longer-trained ones, each
     # with its training accuracy: a longer schedule that fits more shows there.
     assert [line.split(" | ")[1] for line in lines[2:]] == ["dcm", "baseline", "baseline"]
-    assert lines[2].startswith("| 100 × 2 (20 steps) | dcm | 10.10 ± 0.14 | 11.10 ± 0.14 |  |  |")
+    assert lines[2].startswith("| 100 × 2 (20 steps) | dcm | 10.10 ± 0.14 | 11.10 ± 0.14 |  |  |  |")
     assert lines[3].endswith(
         "| baseline | 13.00 ± 0.00 | 12.00 ± 0.00 | -2.90 (beyond 0.14) | -0.90 (beyond 0.14) "
-        "| 90.0 / 92.0 | 2 |")
+        "| seed 0: -3.00 / -1.00; seed 1: -2.80 / -0.80 | 90.0 / 92.0 | 2 |")
+    # Each seed's DCM run against the same seed's longer run (11.2 - 11.4 = -0.20 for seed 1).
     assert lines[4].endswith(
         "| baseline | 12.20 ± 0.28 | 11.20 ± 0.28 | -2.10 (beyond 0.28) | -0.10 (within 0.28) "
-        "| 90.0 / 92.0 | 2 |")
+        "| seed 0: -2.00 / +0.00; seed 1: -2.20 / -0.20 | 90.0 / 92.0 | 2 |")
 
 
 # --- The plots -------------------------------------------------------------------------------
