@@ -332,15 +332,16 @@ def matched_table(dcm_config: str, matched: list[str], results: str = RESULTS) -
     """DCM of `dcm_config` against every other run of it and the methods trained longer for
     the same compute (S2), each with its final training accuracy."""
     names = [dcm_config] + expand(matched, results)
-    waiting = [n for n in names if load(n, results) is None]
+    loaded = {n: load(n, results) for n in names}
+    waiting = [n for n, table in loaded.items() if table is None]
     if len(names) < 2 or waiting:
         return _md(["compute-matched comparison"], [[
             "waiting for results: " + ", ".join(waiting or [f"`{matched[0]}` (no config)"])]])
-    dcm = per_method(load(dcm_config, results)).get("dcm")
+    dcm = per_method(loaded[dcm_config]).get("dcm")
     if dcm is None:
         return _md(["compute-matched comparison"], [[f"{dcm_config} has no DCM runs"]])
 
-    dcm_seeds = seeds(load(dcm_config, results), "dcm")
+    dcm_seeds = seeds(loaded[dcm_config], "dcm")
 
     def by_seed(table: dict, method: str) -> str:
         """DCM's run of each seed against this method's run of the same seed (same images)."""
@@ -354,9 +355,8 @@ def matched_table(dcm_config: str, matched: list[str], results: str = RESULTS) -
         return [budget(table), method, r["net1"].text(), r["net2"].text(), *margins,
                 f"{_acc(r, 'acc1')} / {_acc(r, 'acc2')}", str(r["net1"].n)]
 
-    rows = [row(load(dcm_config, results), "dcm", dcm, ["", "", ""])]
-    for name in names:
-        table = load(name, results)
+    rows = [row(loaded[dcm_config], "dcm", dcm, ["", "", ""])]
+    for name, table in loaded.items():
         for method, r in per_method(table).items():
             if name == dcm_config and method == "dcm":
                 continue
