@@ -67,8 +67,11 @@ ANSWER = (CIFAR_EQUAL + CIFAR_HETERO
              "fmnist_n8192_e1", "fmnist_n60000_e2_timing", "fmnist_n2048_e10_timing"])
 # Results that were deleted once and restored from git history (commit 9822611 removed them).
 RESTORED = {"fmnist_n60000_e2_timing", "fmnist_n2048_e10_timing"}
-NOTES = {"fmnist_n60000_e2_timing": "restored; one seed, 1,000 test images, a timing run",
-         "fmnist_n2048_e10_timing": "restored; one seed, a timing run (0.1 s epochs)",
+NOTES = {"fmnist_n60000_e2_timing": "restored; one seed, 1,000 test images, a timing run; "
+                                    "config committed with its results (ecca592), not "
+                                    "pre-registered",
+         "fmnist_n2048_e10_timing": "restored; one seed, a timing run (0.1 s epochs); config "
+                                    "committed with its results (ecca592), not pre-registered",
          "fmnist_n128_e120": "no config file: `--preset=demo_fit`"}
 
 
