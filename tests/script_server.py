@@ -1,8 +1,8 @@
 """Runs the scripts the tests drive in forked children of a process that imported TensorFlow once.
 
 Each `python -m experiments.<script>` the tests start spends about 4 s of CPU importing TensorFlow
-and Keras before it does anything (3.7 s measured on the 2-core AMD EPYC, 2026-12-07), and the
-large tests start about 170 of them. A `ScriptServer` (one per pytest worker) imports
+and Keras before it does anything (4.0 to 4.7 s, docs/test_logs/script_import_cpu_*.log), and the
+large tests started 166 Python processes (docs/layout.md says where that was measured). A `ScriptServer` (one per pytest worker) imports
 `experiments` (its TensorFlow settings), TensorFlow, Keras and `dcm_keras`, runs no operation, and
 then forks a child for each script: the child takes the test's arguments, environment, working
 directory, stdout and stderr (the pipe ends travel over a Unix socket) and runs the module as
