@@ -12,6 +12,11 @@ networks (the keras.applications models other than MobileNetV3Small, WRN-28-10),
 more work what a fast test checks (the mixed_bfloat16 twins in tests/test_shipping.py).
 `make test-fast` (`pytest -m "not large"`) leaves them out for a loop of minutes; `make test`,
 what CI runs, runs everything.
+
+Files holding large tests are collected first. Under `--dist loadscope` each file goes whole to
+one pytest-xdist worker in collection order, so a large file collected last keeps one worker
+busy for a minute while the other has nothing left to do; the many short files collected last
+fill the end instead, on both workers.
 """
 
 import keras
@@ -28,6 +33,8 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
+    large_files = {item.path for item in items if item.get_closest_marker("large")}
+    items.sort(key=lambda item: item.path not in large_files)  # stable: file order kept otherwise
     backend = keras.backend.backend()
     if backend == "tensorflow":
         return

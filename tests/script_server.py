@@ -12,8 +12,10 @@ process with its own PID, so signals, kills, locks and `/proc` checks behave as 
 
 What a child cannot share with the server, it does not get: a script is started as a plain
 subprocess instead when its environment differs from the server's in anything read when
-TensorFlow, Keras or JAX is imported (`IMPORT_TIME_PREFIXES`), e.g. another `KERAS_BACKEND`,
-`TF_ENABLE_ONEDNN_OPTS` or a `TF_CONFIG`. A test that checks what happens at import time (the
+TensorFlow, Keras or JAX is imported (`IMPORT_TIME_PREFIXES`), e.g. another `KERAS_BACKEND` or
+`TF_ENABLE_ONEDNN_OPTS`. `TF_CONFIG` is not one of them: TensorFlow reads it when a strategy
+is built (`experiments.cluster` reads it too, after start-up), so multi-worker scripts are
+served. A test that checks what happens at import time (the
 runtime's start-up lines, which modules a script imports) starts its own subprocess.
 `DCM_TESTS_SERVED=0` turns the server off: every script is then a plain subprocess.
 """
@@ -34,11 +36,13 @@ from typing import Dict, List, Optional
 # interpreter.
 IMPORT_TIME_PREFIXES = ("TF_", "KERAS_", "XLA_", "JAX_", "CUDA", "PYTHON", "OMP_", "MKL",
                         "LD_", "MALLOC")
+READ_AFTER_IMPORT = frozenset({"TF_CONFIG"})  # read when the cluster resolver is built
 _MAX_MESSAGE = 1 << 20
 
 
 def import_time_environment(env: Dict[str, str]) -> Dict[str, str]:
-    return {k: v for k, v in env.items() if k.startswith(IMPORT_TIME_PREFIXES)}
+    return {k: v for k, v in env.items()
+            if k.startswith(IMPORT_TIME_PREFIXES) and k not in READ_AFTER_IMPORT}
 
 
 # === The server (its own process) ===

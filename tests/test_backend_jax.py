@@ -49,6 +49,8 @@ def run_jax(script: str, out_dir, devices: int = 1, timeout: int = 480) -> dict:
     """Runs `script` under KERAS_BACKEND=jax with `out_dir` as argv[1]; returns its result.json."""
     env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
                PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    # Compiled as users compile it: `make test` cheapens XLA's compile for its JAX pass only.
+    env.pop("JAX_DISABLE_MOST_OPTIMIZATIONS", None)
     if devices > 1:
         flags = env.get("XLA_FLAGS", "")
         env["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={devices}".strip()

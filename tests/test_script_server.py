@@ -94,6 +94,7 @@ def test_ctrl_c_and_kill_reach_the_script(server, probe_dir):
 def test_an_environment_read_at_import_time_is_not_served(server):
     server, env = server
     assert server.serves({**env, "DCM_DEBUG_PAUSE": "x"})  # read by the script, not at import
+    assert server.serves({**env, "TF_CONFIG": "{}"})  # read when a strategy is built
     for name, value in (("KERAS_BACKEND", "jax"), ("TF_ENABLE_ONEDNN_OPTS", "maybe"),
-                        ("TF_CONFIG", "{}"), ("PYTHONPATH", "/elsewhere")):
+                        ("TF_CPP_MIN_LOG_LEVEL", "0"), ("PYTHONPATH", "/elsewhere")):
         assert not server.serves({**env, name: value}), name
