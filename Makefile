@@ -37,8 +37,8 @@ data:
 # one worker, so a module-scoped fixture (a training run shared by a file's tests) runs once, not
 # once per worker: 31 % less CPU on the compare and train CLI tests (135 against 195 s).
 # `--no-loadscope-reorder` hands the files out in collection order, which tests/conftest.py
-# makes large files first (xdist's default order, most tests first, left the one-test
-# multi-minute files to the end, with one worker idle). The JAX pass compiles with
+# makes large files first, then the rest most tests first (xdist's default order alone left the
+# one-test multi-minute files to the end, with one worker idle). The JAX pass compiles with
 # JAX_DISABLE_MOST_OPTIMIZATIONS=1 (XLA's cheap compile): its tests compile far more than
 # they run; test_backend_jax.py still checks JAX against TensorFlow fully optimised.
 TEST_WORKERS ?= 2

@@ -13,13 +13,15 @@ more work what a fast test checks (the mixed_bfloat16 twins in tests/test_shippi
 `make test-fast` (`pytest -m "not large"`) leaves them out for a loop of minutes; `make test`,
 what CI runs, runs everything.
 
-Files holding large tests are collected first. Under `--dist loadscope` each file goes whole to
-one pytest-xdist worker in collection order, so a large file collected last keeps one worker
-busy for a minute while the other has nothing left to do; the many short files collected last
-fill the end instead, on both workers.
+Files are handed to the pytest-xdist workers (`--dist loadscope --no-loadscope-reorder`: each
+file whole to one worker, in collection order) longest first as far as markers tell: the files
+holding large tests, then the others by their number of tests (xdist's own order). A long file
+handed out last keeps one worker busy while the other has nothing left to do; xdist's order
+alone (most tests first) left the one-test multi-minute files of the large tier to the end.
 """
 
-import keras
+import collections
+
 import pytest
 
 
@@ -33,8 +35,11 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
+    import keras  # here, not at the top: the xdist controller, which collects nothing, skips it
+
     large_files = {item.path for item in items if item.get_closest_marker("large")}
-    items.sort(key=lambda item: item.path not in large_files)  # stable: file order kept otherwise
+    counts = collections.Counter(item.path for item in items)
+    items.sort(key=lambda item: (item.path not in large_files, -counts[item.path]))  # stable
     backend = keras.backend.backend()
     if backend == "tensorflow":
         return
