@@ -18,6 +18,12 @@ is built (`experiments.cluster` reads it too, after start-up), so multi-worker s
 served. A test that checks what happens at import time (the
 runtime's start-up lines, which modules a script imports) starts its own subprocess.
 `DCM_TESTS_SERVED=0` turns the server off: every script is then a plain subprocess.
+
+A served script's own `python -m experiments.<script>` children (`compare` starts one `train` per
+run) are served too, under the same rule: in a served child, `subprocess.Popen` asks the server
+for the fork when it is given such a command, an environment it could serve, and files (not
+pipes) for stdout and stderr, and is the real `Popen` otherwise. The run's child is then the
+server's child, not the script's: the script stops it by its PID, as `compare` does.
 """
 
 import atexit
@@ -41,8 +47,14 @@ _MAX_MESSAGE = 1 << 20
 
 
 def import_time_environment(env: Dict[str, str]) -> Dict[str, str]:
-    return {k: v for k, v in env.items()
-            if k.startswith(IMPORT_TIME_PREFIXES) and k not in READ_AFTER_IMPORT}
+    """The variables of `env` read at start-up; PYTHONPATH without repeated entries (the first
+    of each decides imports, so `compare`'s repo root put in front of itself changes nothing)."""
+    found = {k: v for k, v in env.items()
+             if k.startswith(IMPORT_TIME_PREFIXES) and k not in READ_AFTER_IMPORT}
+    if "PYTHONPATH" in found:
+        entries = [entry for entry in found["PYTHONPATH"].split(os.pathsep) if entry]
+        found["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(entries))
+    return found
 
 
 # === The server (its own process) ===
@@ -58,6 +70,7 @@ def _run_module(module: str, args: List[str], cwd: str, env: Dict[str, str]) -> 
     os.chdir(cwd)
     os.environ.clear()
     os.environ.update(env)
+    subprocess.Popen = _nested_popen(subprocess.Popen)
     importlib.reload(sys.modules["experiments"])  # its settings, applied to this environment
     sys.path[0] = cwd  # as `python -m` puts the working directory first
     sys.argv = [module, *args]
@@ -90,6 +103,63 @@ def _finish() -> None:
             stream.flush()
         except (OSError, ValueError):
             pass
+
+
+# Set by `serve` in the server, inherited by its children: where to ask for a fork, and the
+# import-time environment every served script shares.
+_SERVER_PATH: Optional[str] = None
+_SERVER_IMPORT_ENV: Dict[str, str] = {}
+
+
+def _nested_popen(real):
+    """`subprocess.Popen` for a served child: its `python -m experiments.*` children are served."""
+
+    def popen(args, *positional, **kwargs):
+        module = _served_module(args)
+        env = kwargs.get("env")
+        stdout = _file_descriptor(kwargs.get("stdout"), 1)
+        stderr = stdout if kwargs.get("stderr") == subprocess.STDOUT else _file_descriptor(
+            kwargs.get("stderr"), 2)
+        if (module is None or positional or None in (stdout, stderr)
+                or set(kwargs) - {"env", "stdout", "stderr", "cwd"}
+                or import_time_environment(os.environ if env is None else env)
+                != _SERVER_IMPORT_ENV):
+            return real(args, *positional, **kwargs)
+        return _request(_SERVER_PATH, module, list(args[3:]), kwargs.get("cwd") or os.getcwd(),
+                        dict(os.environ if env is None else env), stdout, stderr)
+
+    return popen
+
+
+def _served_module(args) -> Optional[str]:
+    """`experiments.X` when `args` is `[this Python, "-m", "experiments.X", ...]`, else None."""
+    if (isinstance(args, (list, tuple)) and len(args) >= 3 and args[0] == sys.executable
+            and args[1] == "-m" and str(args[2]).startswith("experiments.")):
+        return str(args[2])
+    return None
+
+
+def _file_descriptor(stream, inherited: int) -> Optional[int]:
+    """The descriptor a child's stream goes to: inherited, a file's or a descriptor; None for a
+    pipe (or anything else), which only a real subprocess gives."""
+    if stream is None:
+        return inherited
+    if isinstance(stream, int):
+        return stream if stream >= 0 else None
+    try:
+        return stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def _request(path: str, module: str, args: List[str], cwd: str, env: Dict[str, str],
+             stdout: int, stderr: int) -> "ServedProcess":
+    """Asks the server at `path` to fork `module` with these streams; the child as a process."""
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    conn.connect(path)
+    request = {"module": module, "args": args, "cwd": cwd, "env": env}
+    socket.send_fds(conn, [json.dumps(request).encode()], [stdout, stderr])
+    return ServedProcess(conn, [sys.executable, "-m", module, *args], None, None)
 
 
 def _start_child(listener: socket.socket, conn: socket.socket, open_conns) -> Optional[int]:
@@ -132,6 +202,8 @@ def serve(path: str) -> None:
     import keras  # noqa: F401 - imports TensorFlow
     import dcm_keras  # noqa: F401
 
+    global _SERVER_PATH, _SERVER_IMPORT_ENV
+    _SERVER_PATH, _SERVER_IMPORT_ENV = path, import_time_environment(os.environ)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in the terminal is for pytest
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     listener.bind(path)
@@ -259,17 +331,14 @@ class ScriptServer:
     def start(self, module: str, args: List[str], cwd: str, env: Dict[str, str]) -> ServedProcess:
         out_read, out_write = os.pipe()
         err_read, err_write = os.pipe()
-        conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            conn.connect(self.path)
-            request = {"module": module, "args": list(args), "cwd": cwd, "env": env}
-            socket.send_fds(conn, [json.dumps(request).encode()], [out_write, err_write])
+            proc = _request(self.path, module, list(args), cwd, env, out_write, err_write)
         finally:
             os.close(out_write)
             os.close(err_write)
-        return ServedProcess(conn, ["python", "-m", module, *args],
-                             os.fdopen(out_read, "r", errors="replace"),
-                             os.fdopen(err_read, "r", errors="replace"))
+        proc.stdout = os.fdopen(out_read, "r", errors="replace")
+        proc.stderr = os.fdopen(err_read, "r", errors="replace")
+        return proc
 
     def close(self) -> None:
         if self._proc.poll() is None:

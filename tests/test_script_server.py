@@ -2,7 +2,8 @@
 
 A served script must behave as `python -m` would: its own process, its arguments, environment and
 working directory, its exit code, its output on the test's pipes, Ctrl-C and kills as for a
-subprocess; and an environment read at import time must not be served.
+subprocess; and an environment read at import time must not be served. A served script's own
+`python -m experiments.*` children (compare's training runs) are served by the same rule.
 """
 
 import json
@@ -31,6 +32,21 @@ if sys.argv[1] == "sleep":
     except KeyboardInterrupt:
         print("interrupted", flush=True)
         sys.exit(130)
+if sys.argv[1] == "nested":  # starts a script as compare starts its runs
+    import subprocess
+    found = {}
+    with open("nested.log", "w") as log:
+        for name, options in (("file", {"stdout": log, "stderr": subprocess.STDOUT}),
+                              ("pipe", {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}),
+                              ("changed_env", {"stdout": log, "stderr": subprocess.STDOUT,
+                                               "env": dict(os.environ, KERAS_BACKEND="jax")})):
+            options.setdefault("env", dict(os.environ, PYTHONPATH=os.pathsep.join(
+                [os.environ["PYTHONPATH"]] * 2)))  # repeated entries, as compare gives
+            child = subprocess.Popen([sys.executable, "-m", "experiments.evaluate",
+                                      "--helpshort"], **options)
+            child.communicate() if name == "pipe" else child.wait()
+            found[name] = [type(child).__name__, child.returncode]
+    print(json.dumps(found), flush=True)
 if sys.argv[1] == "sleep_uncaught":
     print("sleeping", flush=True)
     time.sleep(120)
@@ -98,3 +114,18 @@ def test_an_environment_read_at_import_time_is_not_served(server):
     for name, value in (("KERAS_BACKEND", "jax"), ("TF_ENABLE_ONEDNN_OPTS", "maybe"),
                         ("TF_CPP_MIN_LOG_LEVEL", "0"), ("PYTHONPATH", "/elsewhere")):
         assert not server.serves({**env, name: value}), name
+
+
+def test_a_served_scripts_own_scripts_are_served_when_they_can_be(server, probe_dir):
+    server, env = server
+    proc = server.start("probe", ["nested", "0"], probe_dir, env)
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 0, err
+    found = json.loads(out.splitlines()[-1])
+    # Output to a file and an environment the server was started with: a fork of the server
+    # (absl ends --helpshort with exit code 1, served or not).
+    assert found["file"] == ["ServedProcess", 1]
+    # A pipe, or a backend chosen at import time: a real subprocess.
+    assert found["pipe"] == ["Popen", 1] and found["changed_env"] == ["Popen", 1]
+    log = open(os.path.join(probe_dir, "nested.log")).read()
+    assert log.count("python -m experiments.evaluate --model=") == 2, log[-2000:]
