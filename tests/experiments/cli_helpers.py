@@ -84,14 +84,20 @@ def start(module: str, *args: str, extra_env: Optional[Dict[str, str]] = None
     """Starts `python -m experiments.<module> args...` without waiting for it, with Ctrl-C
     (SIGINT) handled as in a terminal even when this process inherited it ignored: a
     `subprocess.Popen`, or a `script_server.ServedProcess` with the same methods."""
+    return start_module(f"experiments.{module}", list(args), str(REPO), extra_env)
+
+
+def start_module(module: str, args: List[str], cwd: str,
+                 extra_env: Optional[Dict[str, str]] = None):
+    """`start` for any module importable from `cwd` or the repository (a test's own script)."""
     variables = {**env(), **(extra_env or {})}
     server = _served(variables)
     if server is not None:
-        return server.start(f"experiments.{module}", list(args), str(REPO), variables)
-    argv = command(module, *args)
+        return server.start(module, list(args), cwd, variables)
+    argv = [sys.executable, "-m", module, *args]
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         argv = [argv[0], "-c", _SIGINT_DEFAULT, *argv[1:]]
-    return subprocess.Popen(argv, cwd=REPO, env=variables, text=True, stdout=subprocess.PIPE,
+    return subprocess.Popen(argv, cwd=cwd, env=variables, text=True, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
 
 

@@ -159,21 +159,17 @@ app.run(train.main)
 @pytest.fixture(scope="module")
 def patched(tmp_path_factory, small_folder):
     """{case: (exit status, stderr lines, model_dir)} of train runs with a raising library call."""
-    import subprocess
-    import sys
-
-    from cli_helpers import REPO, env, message_lines
+    from cli_helpers import message_lines, start_module
 
     root = tmp_path_factory.mktemp("patched")
+    (root / "patched_train.py").write_text(_PATCHED_TRAIN)
     cases = {"bug_in_build": "dcm_keras.networks:build:TypeError",
              "bug_in_compile": "dcm_keras.model:DCM.compile:ValueError",
              "mistake_in_build": "dcm_keras.networks:build:UserError"}
     procs = {}
     for name, patch in cases.items():
         args = _train(small_folder, root / name)[1:]  # without the script name
-        procs[name] = subprocess.Popen([sys.executable, "-c", _PATCHED_TRAIN, *args], cwd=REPO,
-                                       env={**env(), "PATCH": patch}, text=True,
-                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        procs[name] = start_module("patched_train", args, str(root), {"PATCH": patch})
     outcomes = {}
     for name, proc in procs.items():
         _, err = proc.communicate(timeout=240)
