@@ -309,6 +309,36 @@ def factor_table(reference: str, factors: list[tuple[str, str]], results: str = 
                  r["acc"].text(1) if "acc" in r else "", str(r["pair"].n)] for label, r in rows])
 
 
+def progress(name: str, results: str = RESULTS) -> tuple[int, int | None]:
+    """(finished, planned) runs of a config without a results file: the runs committed as they
+    finish under results/runs/<name>/ (results.json saying complete), against the config's
+    rows x methods x seeds (None where the config does not say)."""
+    done = 0
+    for path in glob.glob(os.path.join(results, "runs", name, "*", "*", "results.json")):
+        try:
+            with open(path) as f:
+                done += json.load(f).get("complete") is True
+        except (OSError, ValueError):
+            pass
+    try:
+        with open(os.path.join(results, "configs", f"{name}.json")) as f:
+            config = json.load(f)
+        planned = len(config["rows"]) * len(config["methods"]) * len(config["seeds"])
+    except (OSError, ValueError, KeyError, TypeError):
+        planned = None
+    return done, planned
+
+
+def _waiting(name: str, results: str, link_to_runs: str) -> str:
+    """The state of a config without a results file: not run yet, or how far it got."""
+    done, planned = progress(name, results)
+    if not done:
+        return "not run yet"
+    of = f" of {planned}" if planned else ""
+    runs = f"[runs]({link_to_runs}runs/{name}/)"
+    return f"under way: {done}{of} runs finished ({runs}), no results file yet"
+
+
 def status_table(groups: list[tuple[str, list[str]]], results: str = RESULTS) -> str:
     """Each config of a study: whether it has results, with how many runs, failed and missing."""
     rows = []
@@ -321,7 +351,10 @@ def status_table(groups: list[tuple[str, list[str]]], results: str = RESULTS) ->
             link = f"[{name}](results/configs/{name}.json)" if os.path.exists(config) else name
             table = load(name, results)
             if table is None:
-                rows.append([label, link, "**not run yet** (no results file)", "", ""])
+                state = _waiting(name, results, "results/")
+                state = ("**not run yet** (no results file)" if state == "not run yet"
+                         else state.replace("under way", "**under way**", 1))
+                rows.append([label, link, state, "", ""])
                 continue
             runs = len(table["runs"])
             failed, missing = table.get("failed_runs") or [], table.get("missing_runs") or []
@@ -379,7 +412,7 @@ def record_table(results: str = RESULTS) -> str:
     for name in names:
         has_config = os.path.exists(os.path.join(results, "configs", f"{name}.json"))
         table = load(name, results)
-        state = "not run yet" if table is None else (
+        state = _waiting(name, results, "") if table is None else (
             f"{len(table['runs'])} runs, {len(table.get('failed_runs') or [])} failed, "
             f"{len(table.get('missing_runs') or [])} missing")
         rows.append([name, "yes" if has_config else "no",

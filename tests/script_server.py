@@ -2,11 +2,12 @@
 
 Each `python -m experiments.<script>` the tests start spends about 4 s of CPU importing TensorFlow
 and Keras before it does anything (4.0 to 4.7 s, docs/test_logs/script_import_cpu_*.log), and the
-large tests started 166 Python processes (docs/layout.md says where that was measured). A `ScriptServer` (one per pytest worker) imports
-`experiments` (its TensorFlow settings), TensorFlow, Keras and `dcm_keras`, runs no operation, and
-then forks a child for each script: the child takes the test's arguments, environment, working
-directory, stdout and stderr (the pipe ends travel over a Unix socket) and runs the module as
-`__main__` with `runpy`, exactly as `python -m` would after those imports. The child is a real
+large tests started 166 Python processes (docs/layout.md says where that was measured). A
+`ScriptServer` (one per pytest worker) imports `experiments` (its TensorFlow settings),
+TensorFlow, Keras and `dcm_keras`, runs no operation, and then forks a child for each script:
+the child takes the test's arguments, environment, working directory, stdout and stderr (the pipe
+ends travel over a Unix socket) and runs the module as `__main__` with `runpy`, exactly as
+`python -m` would after those imports. The child is a real
 process with its own PID, so signals, kills, locks and `/proc` checks behave as for a subprocess;
 `ServedProcess` gives the test the `subprocess.Popen` methods it uses.
 

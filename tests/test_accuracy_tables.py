@@ -164,6 +164,22 @@ def test_a_config_without_results_is_reported_not_run(tmp_path):
     assert len(answer.splitlines()) == 2
     record = tables.record_table(results=str(tmp_path))
     assert "| fake_n2000_e100 | yes |  | not run yet |" in record
+    # Runs committed as they finish (results/runs/...) are counted against the config's plan;
+    # an unfinished run's folder is not.
+    (tmp_path / "configs" / "fake_n2000_e100.json").write_text(json.dumps(
+        {"rows": [["a", "b"]], "methods": ["baseline", "dcm"], "seeds": [0, 1]}))
+    for run, complete in (("baseline_seed0", True), ("dcm_seed0", True),
+                          ("baseline_seed1", False)):
+        folder = tmp_path / "runs" / "fake_n2000_e100" / "a-b" / run
+        folder.mkdir(parents=True)
+        (folder / "results.json").write_text(json.dumps({"complete": complete}))
+    status = tables.status_table(groups, results=str(tmp_path))
+    assert ("| S1 | [fake_n2000_e100](results/configs/fake_n2000_e100.json) | **under way**: 2 of 4 "
+            "runs finished ([runs](results/runs/fake_n2000_e100/)), no results file yet |") in status
+    record = tables.record_table(results=str(tmp_path))
+    assert ("| fake_n2000_e100 | yes |  | under way: 2 of 4 runs finished "
+            "([runs](runs/fake_n2000_e100/))") in record
+    assert len(tables.answer_table(["fake_n2000_e100"], results=str(tmp_path)).splitlines()) == 2
     # Once its results land, the same row reports them.
     (tmp_path / "fake_n2000_e100.json").write_text(json.dumps(
         _table({("baseline", 0): (1.0, 2.0)}, name="fake_n2000_e100", methods=("baseline",))))
