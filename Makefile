@@ -41,20 +41,21 @@ data:
 # cheap compile): its tests compile far more than they run; tests/test_backend_jax.py still
 # compares JAX, compiled as users compile it, with TensorFlow.
 TEST_WORKERS ?= 2
+PYTEST = $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
 # The files holding core tests: the second and third passes collect only these (each worker
 # importing the others' modules cost ~2 s of CPU under JAX); `-m core` still picks the tests.
 CORE_TEST_FILES = $(shell grep -rl --include='test_*.py' 'pytest.mark.core' tests | sort)
 
 test: venv data
-	KERAS_BACKEND=tensorflow TF_ENABLE_ONEDNN_OPTS=1 TF_CPP_MIN_LOG_LEVEL=3 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder --durations=12 tests
-	KERAS_BACKEND=tensorflow TF_ENABLE_ONEDNN_OPTS=0 TF_CPP_MIN_LOG_LEVEL=3 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder -m core $(CORE_TEST_FILES)
-	KERAS_BACKEND=jax JAX_DISABLE_MOST_OPTIMIZATIONS=1 TF_CPP_MIN_LOG_LEVEL=3 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder -m core $(CORE_TEST_FILES)
+	KERAS_BACKEND=tensorflow TF_ENABLE_ONEDNN_OPTS=1 TF_CPP_MIN_LOG_LEVEL=3 $(PYTEST) --durations=12 tests
+	KERAS_BACKEND=tensorflow TF_ENABLE_ONEDNN_OPTS=0 TF_CPP_MIN_LOG_LEVEL=3 $(PYTEST) -m core $(CORE_TEST_FILES)
+	KERAS_BACKEND=jax JAX_DISABLE_MOST_OPTIMIZATIONS=1 TF_CPP_MIN_LOG_LEVEL=3 $(PYTEST) -m core $(CORE_TEST_FILES)
 
 # The fast loop while changing code: every test not marked `large` (those start the scripts or
 # TensorFlow in subprocesses, or build the big networks: see tests/conftest.py), under
 # TensorFlow, oneDNN on. `make test` still runs everything before a commit.
 test-fast: venv data
-	KERAS_BACKEND=tensorflow TF_ENABLE_ONEDNN_OPTS=1 TF_CPP_MIN_LOG_LEVEL=3 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder --durations=8 -m "not large" tests
+	KERAS_BACKEND=tensorflow TF_ENABLE_ONEDNN_OPTS=1 TF_CPP_MIN_LOG_LEVEL=3 $(PYTEST) --durations=8 -m "not large" tests
 
 demo: venv data
 	TF_CPP_MIN_LOG_LEVEL=3 $(PY) -m experiments.compare --preset=demo --jobs=2 --work_dir=$(WORK_DIR)/demo

@@ -329,14 +329,14 @@ def progress(name: str, results: str = RESULTS) -> tuple[int, int | None]:
     return done, planned
 
 
-def _waiting(name: str, results: str, link_to_runs: str) -> str:
-    """The state of a config without a results file: not run yet, or how far it got."""
+def _under_way(name: str, results: str, link_to_runs: str) -> str | None:
+    """How far a config without a results file got ("3 of 9 runs finished ..."), or None when
+    none of its runs has finished."""
     done, planned = progress(name, results)
     if not done:
-        return "not run yet"
+        return None
     of = f" of {planned}" if planned else ""
-    runs = f"[runs]({link_to_runs}runs/{name}/)"
-    return f"under way: {done}{of} runs finished ({runs}), no results file yet"
+    return f"{done}{of} runs finished ([runs]({link_to_runs}runs/{name}/)), no results file yet"
 
 
 def status_table(groups: list[tuple[str, list[str]]], results: str = RESULTS) -> str:
@@ -351,9 +351,9 @@ def status_table(groups: list[tuple[str, list[str]]], results: str = RESULTS) ->
             link = f"[{name}](results/configs/{name}.json)" if os.path.exists(config) else name
             table = load(name, results)
             if table is None:
-                state = _waiting(name, results, "results/")
-                state = ("**not run yet** (no results file)" if state == "not run yet"
-                         else state.replace("under way", "**under way**", 1))
+                under_way = _under_way(name, results, "results/")
+                state = ("**not run yet** (no results file)" if under_way is None
+                         else f"**under way**: {under_way}")
                 rows.append([label, link, state, "", ""])
                 continue
             runs = len(table["runs"])
@@ -412,9 +412,12 @@ def record_table(results: str = RESULTS) -> str:
     for name in names:
         has_config = os.path.exists(os.path.join(results, "configs", f"{name}.json"))
         table = load(name, results)
-        state = _waiting(name, results, "") if table is None else (
-            f"{len(table['runs'])} runs, {len(table.get('failed_runs') or [])} failed, "
-            f"{len(table.get('missing_runs') or [])} missing")
+        if table is None:
+            under_way = _under_way(name, results, "")
+            state = "not run yet" if under_way is None else f"under way: {under_way}"
+        else:
+            state = (f"{len(table['runs'])} runs, {len(table.get('failed_runs') or [])} failed, "
+                     f"{len(table.get('missing_runs') or [])} missing")
         rows.append([name, "yes" if has_config else "no",
                      f"[json]({name}.json)" if table else "", state, NOTES.get(name, "")])
     return _md(["config", "config file", "results", "runs", "note"], rows)

@@ -117,17 +117,16 @@ def _nested_popen(real):
 
     def popen(args, *positional, **kwargs):
         module = _served_module(args)
-        env = kwargs.get("env")
+        env = dict(os.environ if kwargs.get("env") is None else kwargs["env"])
         stdout = _file_descriptor(kwargs.get("stdout"), 1)
         stderr = stdout if kwargs.get("stderr") == subprocess.STDOUT else _file_descriptor(
             kwargs.get("stderr"), 2)
         if (module is None or positional or None in (stdout, stderr)
                 or set(kwargs) - {"env", "stdout", "stderr", "cwd"}
-                or import_time_environment(os.environ if env is None else env)
-                != _SERVER_IMPORT_ENV):
+                or import_time_environment(env) != _SERVER_IMPORT_ENV):
             return real(args, *positional, **kwargs)
         return _request(_SERVER_PATH, module, list(args[3:]), kwargs.get("cwd") or os.getcwd(),
-                        dict(os.environ if env is None else env), stdout, stderr)
+                        env, stdout, stderr)
 
     return popen
 
@@ -157,10 +156,14 @@ def _request(path: str, module: str, args: List[str], cwd: str, env: Dict[str, s
              stdout: int, stderr: int) -> "ServedProcess":
     """Asks the server at `path` to fork `module` with these streams; the child as a process."""
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    conn.connect(path)
-    request = {"module": module, "args": args, "cwd": cwd, "env": env}
-    socket.send_fds(conn, [json.dumps(request).encode()], [stdout, stderr])
-    return ServedProcess(conn, [sys.executable, "-m", module, *args], None, None)
+    try:
+        conn.connect(path)
+        request = {"module": module, "args": args, "cwd": cwd, "env": env}
+        socket.send_fds(conn, [json.dumps(request).encode()], [stdout, stderr])
+        return ServedProcess(conn, [sys.executable, "-m", module, *args], None, None)
+    except BaseException:
+        conn.close()
+        raise
 
 
 def _start_child(listener: socket.socket, conn: socket.socket, open_conns) -> Optional[int]:
