@@ -243,6 +243,11 @@ class DCM(MultiWorkerFixes, keras.Model):
             raise UserError("DCM computes its own loss; call compile() without `loss`. Use the "
                             "connections, temperature and kd_weight arguments of DCM instead.")
         super().compile(optimizer=optimizer, **kwargs)
+        if kwargs.get("jit_compile", "auto") == "auto":
+            # Keras saves "auto" as this backend's answer (False for TensorFlow on a CPU), so a
+            # DCM saved under TensorFlow and loaded under JAX would train op by op, unjitted
+            # (a WRN-10-1 pair's step took seconds). Saved as "auto", each backend decides.
+            self._compile_config.config["jit_compile"] = "auto"
 
     def compile_from_config(self, config):
         config = keras.saving.deserialize_keras_object(config)

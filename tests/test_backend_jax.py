@@ -89,6 +89,7 @@ result = {"backend": keras.backend.backend()}
 dcm = dcm_keras.load_network(str(out / "initial.keras"))
 batch = np.load(out / "batch.npz")
 x, y = batch["x"], batch["y"]
+result["jit_compile"] = dcm.jit_compile  # saved as "auto": JAX jits
 result["same_evaluate"] = dcm.evaluate(x, y, batch_size=len(y), verbose=0, return_dict=True)
 result["same_train_step"] = dcm.train_on_batch(x, y, return_dict=True)
 np.savez(out / "jax_after.npz", *dcm.get_weights())
@@ -177,6 +178,7 @@ def test_fit_evaluate_and_export_under_jax(jax_run):
     assert result["net1_type"] == result["net2_type"] == "Functional"
     assert max(result["export_diff"].values()) < 1e-6, result["export_diff"]
     assert result["reloaded_type"] == "DCM" and result["reloaded_diff"] < 1e-6
+    assert result["jit_compile"] is True  # a DCM saved under TensorFlow jits under JAX
     # ... and so do they in this process (TensorFlow in the first pass of `make test`).
     import dcm_keras
 

@@ -322,6 +322,20 @@ def test_keras_file_round_trip_keeps_optimizer_state(tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("jit_compile", ["auto", False, True])
+def test_saved_compile_config_keeps_the_jit_compile_asked_for(tmp_path, jit_compile):
+    """Keras would save "auto" as this backend's answer (False for TensorFlow on a CPU), and a
+    DCM saved there would then train unjitted, op by op, when loaded under JAX."""
+    dcm = DCM([tiny_net("a"), tiny_net("b")])
+    dcm.compile(optimizer="sgd", **({} if jit_compile == "auto" else {"jit_compile": jit_compile}))
+    assert dcm.get_compile_config()["jit_compile"] == jit_compile
+    path = str(tmp_path / "dcm.keras")
+    dcm.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    assert loaded.get_compile_config()["jit_compile"] == jit_compile
+    assert loaded.jit_compile == dcm.jit_compile  # the same backend resolves "auto" the same way
+
+
 def test_head_order_survives_a_round_trip(tmp_path):
     """Heads keep their network's (shallow-to-deep) order, not an alphabetical one."""
     nets = [tiny_net("a", heads=("zz", "aa")), tiny_net("b", heads=("mid",))]
