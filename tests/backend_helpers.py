@@ -64,8 +64,8 @@ def variable_gradients(fn, variables):
 def xla_optimised():
     """Under JAX, compiles with XLA's optimisations even in `make test`'s JAX pass, which turns
     most of them off (JAX_DISABLE_MOST_OPTIMIZATIONS=1: most core tests compile far more than they
-    run). For a test that runs many steps: unoptimised, a WRN-10-1 pair's step took about 1 s,
-    so such a test took twice as long. Does nothing under other backends."""
+    run). For a test that runs many steps: unoptimised, a 12-step fit of a WRN-10-1 pair took
+    twice as long (docs/layout.md). Does nothing under other backends."""
     if keras.backend.backend() != "jax":
         yield
         return
