@@ -320,9 +320,8 @@ def progress(name: str, results: str = RESULTS) -> tuple[int, int | None]:
                 done += json.load(f).get("complete") is True
         except (OSError, ValueError):
             pass
-    try:
-        with open(os.path.join(results, "configs", f"{name}.json")) as f:
-            config = json.load(f)
+    try:  # a config file that is damaged or lacks a field plans nothing it could say
+        config = load(name, os.path.join(results, "configs"))
         planned = len(config["rows"]) * len(config["methods"]) * len(config["seeds"])
     except (OSError, ValueError, KeyError, TypeError):
         planned = None

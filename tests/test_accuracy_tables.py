@@ -180,6 +180,11 @@ def test_a_config_without_results_is_reported_not_run(tmp_path):
     assert ("| fake_n2000_e100 | yes |  | under way: 2 of 4 runs finished "
             "([runs](runs/fake_n2000_e100/))") in record
     assert len(tables.answer_table(["fake_n2000_e100"], results=str(tmp_path)).splitlines()) == 2
+    # A config that is damaged or says no plan: the finished runs are still counted, of nothing.
+    for text in ("{not json", "{}"):
+        (tmp_path / "configs" / "fake_n2000_e100.json").write_text(text)
+        assert "| **under way**: 2 runs finished ([runs]" in tables.status_table(
+            groups, results=str(tmp_path))
     # Once its results land, the same row reports them.
     (tmp_path / "fake_n2000_e100.json").write_text(json.dumps(
         _table({("baseline", 0): (1.0, 2.0)}, name="fake_n2000_e100", methods=("baseline",))))
