@@ -338,6 +338,20 @@ def _under_way(name: str, results: str, link_to_runs: str) -> str | None:
     return f"{done}{of} runs finished ([runs]({link_to_runs}runs/{name}/)), no results file yet"
 
 
+def _not_tabulated(name: str, table: dict, results: str) -> str:
+    """"; not run: ..." for the methods and seeds the committed config plans and its results
+    file leaves out (a compare narrowed with --methods or --seeds), else ""."""
+    try:
+        planned = load(name, os.path.join(results, "configs")) or {}
+        told = table.get("config") or {}
+        left = [str(value) for key in ("methods", "seeds")
+                for value in planned.get(key) or []
+                if key in told and value not in told[key]]
+    except (OSError, ValueError, TypeError, AttributeError):
+        return ""
+    return f"; not run: {', '.join(left)} (in the config)" if left else ""
+
+
 def status_table(groups: list[tuple[str, list[str]]], results: str = RESULTS) -> str:
     """Each config of a study: whether it has results, with how many runs, failed and missing."""
     rows = []
@@ -359,7 +373,8 @@ def status_table(groups: list[tuple[str, list[str]]], results: str = RESULTS) ->
             failed, missing = table.get("failed_runs") or [], table.get("missing_runs") or []
             state = "finished" if not failed and not missing else "incomplete"
             rows.append([label, link, f"{state}: [results](results/{name}.json)", f"{runs} runs",
-                         f"{len(failed)} failed, {len(missing)} missing"])
+                         f"{len(failed)} failed, {len(missing)} missing"
+                         + _not_tabulated(name, table, results)])
     return _md(["study", "config", "status", "runs reported", "failed / missing"], rows)
 
 
@@ -416,7 +431,8 @@ def record_table(results: str = RESULTS) -> str:
             state = "not run yet" if under_way is None else f"under way: {under_way}"
         else:
             state = (f"{len(table['runs'])} runs, {len(table.get('failed_runs') or [])} failed, "
-                     f"{len(table.get('missing_runs') or [])} missing")
+                     f"{len(table.get('missing_runs') or [])} missing"
+                     + _not_tabulated(name, table, results))
         rows.append([name, "yes" if has_config else "no",
                      f"[json]({name}.json)" if table else "", state, NOTES.get(name, "")])
     return _md(["config", "config file", "results", "runs", "note"], rows)

@@ -185,11 +185,20 @@ def test_a_config_without_results_is_reported_not_run(tmp_path):
         (tmp_path / "configs" / "fake_n2000_e100.json").write_text(text)
         assert "| **under way**: 2 runs finished ([runs]" in tables.status_table(
             groups, results=str(tmp_path))
+    (tmp_path / "configs" / "fake_n2000_e100.json").write_text(json.dumps(
+        {"rows": [["a", "b"]], "methods": ["baseline", "dcm"], "seeds": [0, 1]}))
     # Once its results land, the same row reports them.
     (tmp_path / "fake_n2000_e100.json").write_text(json.dumps(
         _table({("baseline", 0): (1.0, 2.0)}, name="fake_n2000_e100", methods=("baseline",))))
     status = tables.status_table(groups, results=str(tmp_path))
-    assert "finished: [results](results/fake_n2000_e100.json) | 1 runs | 0 failed, 0 missing" in status
+    # The config planned baseline and DCM; a results file of the baseline alone says so.
+    assert ("finished: [results](results/fake_n2000_e100.json) | 1 runs | 0 failed, 0 missing; "
+            "not run: dcm (in the config) |") in status
+    assert ("| 1 runs, 0 failed, 0 missing; not run: dcm (in the config) |"
+            in tables.record_table(results=str(tmp_path)))
+    (tmp_path / "fake_n2000_e100.json").write_text(json.dumps(
+        _table({("baseline", 0): (1.0, 2.0), ("dcm", 0): (1.0, 2.0)}, name="fake_n2000_e100")))
+    assert "| 2 runs | 0 failed, 0 missing |" in tables.status_table(groups, results=str(tmp_path))
 
 
 def test_recomputed_statistics_match_compare_rows():
