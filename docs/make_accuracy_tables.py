@@ -352,6 +352,12 @@ def _not_tabulated(name: str, table: dict, results: str) -> str:
     return f"; not run: {', '.join(left)} (in the config)" if left else ""
 
 
+def _outcome(name: str, table: dict, results: str) -> str:
+    """"N failed, M missing" of a results file, and what its config planned that it left out."""
+    return (f"{len(table.get('failed_runs') or [])} failed, "
+            f"{len(table.get('missing_runs') or [])} missing" + _not_tabulated(name, table, results))
+
+
 def status_table(groups: list[tuple[str, list[str]]], results: str = RESULTS) -> str:
     """Each config of a study: whether it has results, with how many runs, failed and missing."""
     rows = []
@@ -373,8 +379,7 @@ def status_table(groups: list[tuple[str, list[str]]], results: str = RESULTS) ->
             failed, missing = table.get("failed_runs") or [], table.get("missing_runs") or []
             state = "finished" if not failed and not missing else "incomplete"
             rows.append([label, link, f"{state}: [results](results/{name}.json)", f"{runs} runs",
-                         f"{len(failed)} failed, {len(missing)} missing"
-                         + _not_tabulated(name, table, results)])
+                         _outcome(name, table, results)])
     return _md(["study", "config", "status", "runs reported", "failed / missing"], rows)
 
 
@@ -430,9 +435,7 @@ def record_table(results: str = RESULTS) -> str:
             under_way = _under_way(name, results, "")
             state = "not run yet" if under_way is None else f"under way: {under_way}"
         else:
-            state = (f"{len(table['runs'])} runs, {len(table.get('failed_runs') or [])} failed, "
-                     f"{len(table.get('missing_runs') or [])} missing"
-                     + _not_tabulated(name, table, results))
+            state = f"{len(table['runs'])} runs, " + _outcome(name, table, results)
         rows.append([name, "yes" if has_config else "no",
                      f"[json]({name}.json)" if table else "", state, NOTES.get(name, "")])
     return _md(["config", "config file", "results", "runs", "note"], rows)
