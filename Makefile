@@ -32,24 +32,28 @@ data:
 # library tests (the files marked `pytestmark = pytest.mark.core`) again with oneDNN off (the
 # Eigen kernels TensorFlow picks on AVX2-only CPUs: a NaN or a rounding can differ between the
 # two), then the core tests under JAX, each on TEST_WORKERS pytest-xdist workers (two on two
-# cores: three cost more CPU than they saved wall time, docs/layout.md). `--dist loadscope`
-# keeps each module's tests on one worker, so a module-scoped fixture (a training run shared by
-# a file's tests) runs once, not once per worker. `--no-loadscope-reorder` hands the files out
-# in collection order, which tests/conftest.py makes large files first, then the rest most
-# tests first (xdist's default order alone left the one-test multi-minute files to the end,
-# with one worker idle). The JAX pass compiles with JAX_DISABLE_MOST_OPTIMIZATIONS=1 (XLA's
-# cheap compile): its tests compile far more than they run; tests/test_backend_jax.py still
-# compares JAX, compiled as users compile it, with TensorFlow.
+# cores: three cost more CPU than they saved wall time, docs/layout.md). The second and third
+# passes leave out the core tests marked `large` (-m "core and not large"): each loads a saved
+# file in a fresh Python process or repeats a fast test in mixed_bfloat16, and they took 53 s
+# (oneDNN off) and 66 s (JAX) of worker time there (docs/layout.md); the first pass runs them.
+# `--dist loadscope` keeps each module's tests on one worker, so a module-scoped fixture (a
+# training run shared by a file's tests) runs once, not once per worker.
+# `--no-loadscope-reorder` hands the files out in collection order, which tests/conftest.py
+# makes large files first, then the rest most tests first (xdist's default order alone left the
+# one-test multi-minute files to the end, with one worker idle). The JAX pass compiles with
+# JAX_DISABLE_MOST_OPTIMIZATIONS=1 (XLA's cheap compile): its tests compile far more than they
+# run; tests/test_backend_jax.py still compares JAX, compiled as users compile it, with
+# TensorFlow.
 TEST_WORKERS ?= 2
 PYTEST = $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
 # The files holding core tests: the second and third passes collect only these (each worker
-# importing the others' modules cost ~2 s of CPU under JAX); `-m core` still picks the tests.
+# importing the others' modules cost ~2 s of CPU under JAX); `-m` still picks the tests.
 CORE_TEST_FILES = $(shell grep -rl --include='test_*.py' 'pytest.mark.core' tests | sort)
 
 test: venv data
 	KERAS_BACKEND=tensorflow TF_ENABLE_ONEDNN_OPTS=1 TF_CPP_MIN_LOG_LEVEL=3 $(PYTEST) --durations=12 tests
-	KERAS_BACKEND=tensorflow TF_ENABLE_ONEDNN_OPTS=0 TF_CPP_MIN_LOG_LEVEL=3 $(PYTEST) -m core $(CORE_TEST_FILES)
-	KERAS_BACKEND=jax JAX_DISABLE_MOST_OPTIMIZATIONS=1 TF_CPP_MIN_LOG_LEVEL=3 $(PYTEST) -m core $(CORE_TEST_FILES)
+	KERAS_BACKEND=tensorflow TF_ENABLE_ONEDNN_OPTS=0 TF_CPP_MIN_LOG_LEVEL=3 $(PYTEST) -m "core and not large" $(CORE_TEST_FILES)
+	KERAS_BACKEND=jax JAX_DISABLE_MOST_OPTIMIZATIONS=1 TF_CPP_MIN_LOG_LEVEL=3 $(PYTEST) -m "core and not large" $(CORE_TEST_FILES)
 
 # The fast loop while changing code: every test not marked `large` (those start the scripts or
 # TensorFlow in subprocesses, or build the big networks: see tests/conftest.py), under
