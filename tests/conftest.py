@@ -1,7 +1,8 @@
 """Shared test configuration: the `core`, `large` and `requires_tensorflow` markers.
 
-The core tests (files with `pytestmark = pytest.mark.core`) run under every Keras backend that
-`make test` covers: the whole suite under TensorFlow, then `-m core` under JAX. A core test
+The core tests (files with `pytestmark = pytest.mark.core`) run under every Keras backend and
+kernel set that `make test` covers: the whole suite under TensorFlow with oneDNN on, then the
+core tests of the fast tier (`-m "core and not large"`) with oneDNN off and under JAX. A core test
 that exercises a TensorFlow-only feature (SavedModel export, tf.distribute, a comparison against
 the TensorFlow backend) is marked `@pytest.mark.requires_tensorflow("why")` and is skipped, with
 that reason, under any other backend.

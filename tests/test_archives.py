@@ -10,7 +10,7 @@ import pytest
 import dcm_keras
 from dcm_keras import archives, data
 
-pytestmark = pytest.mark.core  # also run under JAX by `make test` (-m core)
+pytestmark = pytest.mark.core  # also run with oneDNN off and under JAX unless large (conftest.py)
 
 
 @pytest.fixture(scope="module")

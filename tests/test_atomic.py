@@ -7,7 +7,7 @@ import pytest
 
 from dcm_keras.atomic import replacing, stem_and_extension
 
-pytestmark = pytest.mark.core  # also run under JAX by `make test` (-m core)
+pytestmark = pytest.mark.core  # also run with oneDNN off and under JAX unless large (conftest.py)
 
 
 def test_a_link_at_the_path_is_replaced_not_followed(tmp_path):

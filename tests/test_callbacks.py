@@ -11,7 +11,7 @@ import pytest
 
 from dcm_keras import DCM, SaveBestNetwork, UserError, networks, tracing
 
-pytestmark = pytest.mark.core  # also run under JAX by `make test` (-m core)
+pytestmark = pytest.mark.core  # also run with oneDNN off and under JAX unless large (conftest.py)
 
 IMAGE = (8, 8, 3)
 MONITORS = ("val_loss", "val_ce_loss", "val_net1_logits_acc")

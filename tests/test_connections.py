@@ -7,7 +7,7 @@ import pytest
 
 from dcm_keras import Edge, PRESETS, connections
 
-pytestmark = pytest.mark.core  # also run under JAX by `make test` (-m core)
+pytestmark = pytest.mark.core  # also run with oneDNN off and under JAX unless large (conftest.py)
 
 THREE = ["aux1", "aux2", "logits"]
 

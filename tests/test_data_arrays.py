@@ -11,7 +11,7 @@ import pytest
 
 from dcm_keras import data
 
-pytestmark = pytest.mark.core  # also run under JAX by `make test` (-m core)
+pytestmark = pytest.mark.core  # also run with oneDNN off and under JAX unless large (conftest.py)
 
 FASHION_DIR = data.FASHION_MNIST_DEBIAN_DIR
 HAVE_FASHION = os.path.isfile(os.path.join(FASHION_DIR, "train-images-idx3-ubyte.gz"))

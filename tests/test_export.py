@@ -14,7 +14,7 @@ import dcm_keras
 from backend_helpers import to_numpy
 from dcm_keras import DCM, networks
 
-pytestmark = pytest.mark.core  # also run under JAX by `make test` (-m core)
+pytestmark = pytest.mark.core  # also run with oneDNN off and under JAX unless large (conftest.py)
 
 IMAGE = (8, 8, 3)
 CLASSES = 10

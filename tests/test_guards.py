@@ -7,7 +7,7 @@ import pytest
 from dcm_keras import DCM, UserError
 from dcm_keras.guards import NonFiniteLossError, non_finite_weights
 
-pytestmark = pytest.mark.core  # also run under JAX by `make test` (-m core)
+pytestmark = pytest.mark.core  # also run with oneDNN off and under JAX unless large (conftest.py)
 
 CLASSES = 3
 

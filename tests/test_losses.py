@@ -18,7 +18,7 @@ from keras import ops
 from backend_helpers import gradients
 from dcm_keras import DCM, losses
 
-pytestmark = pytest.mark.core  # also run under JAX by `make test` (-m core)
+pytestmark = pytest.mark.core  # also run with oneDNN off and under JAX unless large (conftest.py)
 
 NUM_CLASSES = 7
 BATCH = 5

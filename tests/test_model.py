@@ -11,7 +11,7 @@ from keras import ops
 from backend_helpers import to_numpy, variable_gradients, xla_optimised
 from dcm_keras import DCM, PRESETS, networks
 
-pytestmark = pytest.mark.core  # also run under JAX by `make test` (-m core)
+pytestmark = pytest.mark.core  # also run with oneDNN off and under JAX unless large (conftest.py)
 
 IMAGE = (8, 8, 3)
 

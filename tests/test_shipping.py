@@ -15,7 +15,7 @@ from backend_helpers import to_numpy
 from dcm_keras import DCM, networks
 from dcm_keras.data import DatasetInfo
 
-pytestmark = pytest.mark.core  # also run under JAX by `make test` (-m core)
+pytestmark = pytest.mark.core  # also run with oneDNN off and under JAX unless large (conftest.py)
 
 IMAGE = (8, 8, 3)
 INFO = DatasetInfo(name="toy", num_classes=10, image_shape=IMAGE, num_train=16, num_test=16,

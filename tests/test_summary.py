@@ -4,7 +4,7 @@ import pytest
 
 from dcm_keras import DCM, networks
 
-pytestmark = pytest.mark.core  # also run under JAX by `make test` (-m core)
+pytestmark = pytest.mark.core  # also run with oneDNN off and under JAX unless large (conftest.py)
 
 
 def test_summary_names_networks_heads_and_edges():

@@ -14,7 +14,7 @@ import dcm_keras
 from dcm_keras import networks
 from dcm_keras.networks.common import BN_EPSILON, BN_MOMENTUM
 
-pytestmark = pytest.mark.core  # also run under JAX by `make test` (-m core)
+pytestmark = pytest.mark.core  # also run with oneDNN off and under JAX unless large (conftest.py)
 
 FAMILIES = networks.list_families()
 # Small enough to be fast, large enough for every family (keras.applications pad to 32x32, the
