@@ -309,17 +309,26 @@ def factor_table(reference: str, factors: list[tuple[str, str]], results: str = 
                  r["acc"].text(1) if "acc" in r else "", str(r["pair"].n)] for label, r in rows])
 
 
-def progress(name: str, results: str = RESULTS) -> tuple[int, int | None]:
-    """(finished, planned) runs of a config without a results file: the runs committed as they
-    finish under results/runs/<name>/ (results.json saying complete), against the config's
-    rows x methods x seeds (None where the config does not say)."""
+def _finished_runs(name: str, results: str, method: str = "*") -> int:
+    """Runs of `name` (of `method`, or all) committed as they finish under
+    results/runs/<name>/<networks>/<method>_seed<N>/ whose results.json says complete."""
     done = 0
-    for path in glob.glob(os.path.join(results, "runs", name, "*", "*", "results.json")):
+    pattern = os.path.join(results, "runs", name, "*", f"{method}_seed*" if method != "*" else "*",
+                           "results.json")
+    for path in glob.glob(pattern):
         try:
             with open(path) as f:
                 done += json.load(f).get("complete") is True
         except (OSError, ValueError):
             pass
+    return done
+
+
+def progress(name: str, results: str = RESULTS) -> tuple[int, int | None]:
+    """(finished, planned) runs of a config without a results file: the runs committed as they
+    finish under results/runs/<name>/ (results.json saying complete), against the config's
+    rows x methods x seeds (None where the config does not say)."""
+    done = _finished_runs(name, results)
     try:  # a config file that is damaged or lacks a field plans nothing it could say
         config = load(name, os.path.join(results, "configs"))
         planned = len(config["rows"]) * len(config["methods"]) * len(config["seeds"])
@@ -338,24 +347,37 @@ def _under_way(name: str, results: str, link_to_runs: str) -> str | None:
     return f"{done}{of} runs finished ([runs]({link_to_runs}runs/{name}/)), no results file yet"
 
 
-def _not_tabulated(name: str, table: dict, results: str) -> str:
+def _not_tabulated(name: str, table: dict, results: str, link_to_runs: str) -> str:
     """"; not run: ..." for the methods and seeds the committed config plans and its results
-    file leaves out (a compare narrowed with --methods or --seeds), else ""."""
+    file leaves out (a compare narrowed with --methods or --seeds), else "". A left-out method
+    whose runs were committed since says how many finished, so a results file written before
+    them cannot read as the method's absence."""
     try:
         planned = load(name, os.path.join(results, "configs")) or {}
         told = table.get("config") or {}
-        left = [str(value) for key in ("methods", "seeds")
-                for value in planned.get(key) or []
-                if key in told and value not in told[key]]
+        left = {key: [value for value in planned.get(key) or []
+                      if key in told and value not in told[key]] for key in ("methods", "seeds")}
+        runs_per_method = len(planned.get("rows") or []) * len(planned.get("seeds") or [])
     except (OSError, ValueError, TypeError, AttributeError):
         return ""
-    return f"; not run: {', '.join(left)} (in the config)" if left else ""
+    not_run, text = [], ""
+    for method in left["methods"]:
+        done = _finished_runs(name, results, str(method))
+        if done:
+            of = f" of {runs_per_method}" if runs_per_method else ""
+            text += (f"; {method}: {done}{of} runs finished since "
+                     f"([runs]({link_to_runs}runs/{name}/)), not in the results file")
+        else:
+            not_run.append(str(method))
+    not_run += [str(seed) for seed in left["seeds"]]
+    return (f"; not run: {', '.join(not_run)} (in the config)" if not_run else "") + text
 
 
-def _outcome(name: str, table: dict, results: str) -> str:
+def _outcome(name: str, table: dict, results: str, link_to_runs: str) -> str:
     """"N failed, M missing" of a results file, and what its config planned that it left out."""
     return (f"{len(table.get('failed_runs') or [])} failed, "
-            f"{len(table.get('missing_runs') or [])} missing" + _not_tabulated(name, table, results))
+            f"{len(table.get('missing_runs') or [])} missing"
+            + _not_tabulated(name, table, results, link_to_runs))
 
 
 def status_table(groups: list[tuple[str, list[str]]], results: str = RESULTS) -> str:
@@ -379,7 +401,7 @@ def status_table(groups: list[tuple[str, list[str]]], results: str = RESULTS) ->
             failed, missing = table.get("failed_runs") or [], table.get("missing_runs") or []
             state = "finished" if not failed and not missing else "incomplete"
             rows.append([label, link, f"{state}: [results](results/{name}.json)", f"{runs} runs",
-                         _outcome(name, table, results)])
+                         _outcome(name, table, results, "results/")])
     return _md(["study", "config", "status", "runs reported", "failed / missing"], rows)
 
 
@@ -435,7 +457,7 @@ def record_table(results: str = RESULTS) -> str:
             under_way = _under_way(name, results, "")
             state = "not run yet" if under_way is None else f"under way: {under_way}"
         else:
-            state = f"{len(table['runs'])} runs, " + _outcome(name, table, results)
+            state = f"{len(table['runs'])} runs, " + _outcome(name, table, results, "")
         rows.append([name, "yes" if has_config else "no",
                      f"[json]({name}.json)" if table else "", state, NOTES.get(name, "")])
     return _md(["config", "config file", "results", "runs", "note"], rows)

@@ -191,7 +191,18 @@ def test_a_config_without_results_is_reported_not_run(tmp_path):
     (tmp_path / "fake_n2000_e100.json").write_text(json.dumps(
         _table({("baseline", 0): (1.0, 2.0)}, name="fake_n2000_e100", methods=("baseline",))))
     status = tables.status_table(groups, results=str(tmp_path))
-    # The config planned baseline and DCM; a results file of the baseline alone says so.
+    # The config planned baseline and DCM; a results file of the baseline alone says so, and
+    # counts the DCM runs committed since (dcm_seed0 above) ...
+    assert ("finished: [results](results/fake_n2000_e100.json) | 1 runs | 0 failed, 0 missing; "
+            "dcm: 1 of 2 runs finished since ([runs](results/runs/fake_n2000_e100/)), not in the "
+            "results file |") in status
+    assert ("| 1 runs, 0 failed, 0 missing; dcm: 1 of 2 runs finished since "
+            "([runs](runs/fake_n2000_e100/)), not in the results file |"
+            in tables.record_table(results=str(tmp_path)))
+    # ... or says it was not run when none of them finished.
+    dcm_run = tmp_path / "runs" / "fake_n2000_e100" / "a-b" / "dcm_seed0" / "results.json"
+    dcm_run.write_text(json.dumps({"complete": False}))
+    status = tables.status_table(groups, results=str(tmp_path))
     assert ("finished: [results](results/fake_n2000_e100.json) | 1 runs | 0 failed, 0 missing; "
             "not run: dcm (in the config) |") in status
     assert ("| 1 runs, 0 failed, 0 missing; not run: dcm (in the config) |"
