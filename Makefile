@@ -33,9 +33,11 @@ data:
 # Eigen kernels TensorFlow picks on AVX2-only CPUs: a NaN or a rounding can differ between the
 # two), then the core tests under JAX, each on TEST_WORKERS pytest-xdist workers (two on two
 # cores: three cost more CPU than they saved wall time, docs/layout.md). The second and third
-# passes leave out the core tests marked `large` (-m "core and not large"): each loads a saved
-# file in a fresh Python process or repeats a fast test in mixed_bfloat16, and they took 53 s
-# (oneDNN off) and 66 s (JAX) of worker time there (docs/layout.md); the first pass runs them.
+# passes leave out the core tests marked `large` (-m "core and not large"): each starts a fresh
+# Python process (a saved file loaded with Keras alone, data read without TensorFlow) or repeats
+# a fast test with more work (a traced fit with every monitoring callback, the mixed_bfloat16
+# twins); they took 53 s (oneDNN off) and 66 s (JAX) of worker time there (docs/layout.md).
+# The first pass runs them.
 # `--dist loadscope` keeps each module's tests on one worker, so a module-scoped fixture (a
 # training run shared by a file's tests) runs once, not once per worker.
 # `--no-loadscope-reorder` hands the files out in collection order, which tests/conftest.py
