@@ -28,7 +28,7 @@ import pytest
 
 def pytest_configure(config):
     config.addinivalue_line(
-        "markers", "core: a core library test, also run under JAX (`make test` runs -m core)")
+        "markers", "core: a core library test, also run with oneDNN off and under JAX unless large")
     config.addinivalue_line(
         "markers", "large: subprocesses or big networks, left out by `make test-fast`")
     config.addinivalue_line(
