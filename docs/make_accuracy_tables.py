@@ -313,9 +313,8 @@ def _finished_runs(name: str, results: str, method: str = "*") -> int:
     """Runs of `name` (of `method`, or all) committed as they finish under
     results/runs/<name>/<networks>/<method>_seed<N>/ whose results.json says complete."""
     done = 0
-    pattern = os.path.join(results, "runs", name, "*", f"{method}_seed*" if method != "*" else "*",
-                           "results.json")
-    for path in glob.glob(pattern):
+    for path in glob.glob(os.path.join(results, "runs", name, "*", f"{method}_seed*",
+                                       "results.json")):
         try:
             with open(path) as f:
                 done += json.load(f).get("complete") is True
