@@ -51,11 +51,13 @@ PYTEST = $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope --no-loadscope-r
 # The files holding core tests: the second and third passes collect only these (each worker
 # importing the others' modules cost ~2 s of CPU under JAX); `-m` still picks the tests.
 CORE_TEST_FILES = $(shell grep -rl --include='test_*.py' 'pytest.mark.core' tests | sort)
+# What the oneDNN-off and JAX passes run: one expression for both.
+FAST_CORE_TESTS = -m "core and not large" $(CORE_TEST_FILES)
 
 test: venv data
 	KERAS_BACKEND=tensorflow TF_ENABLE_ONEDNN_OPTS=1 TF_CPP_MIN_LOG_LEVEL=3 $(PYTEST) --durations=12 tests
-	KERAS_BACKEND=tensorflow TF_ENABLE_ONEDNN_OPTS=0 TF_CPP_MIN_LOG_LEVEL=3 $(PYTEST) -m "core and not large" $(CORE_TEST_FILES)
-	KERAS_BACKEND=jax JAX_DISABLE_MOST_OPTIMIZATIONS=1 TF_CPP_MIN_LOG_LEVEL=3 $(PYTEST) -m "core and not large" $(CORE_TEST_FILES)
+	KERAS_BACKEND=tensorflow TF_ENABLE_ONEDNN_OPTS=0 TF_CPP_MIN_LOG_LEVEL=3 $(PYTEST) $(FAST_CORE_TESTS)
+	KERAS_BACKEND=jax JAX_DISABLE_MOST_OPTIMIZATIONS=1 TF_CPP_MIN_LOG_LEVEL=3 $(PYTEST) $(FAST_CORE_TESTS)
 
 # The fast loop while changing code: every test not marked `large` (those start the scripts or
 # TensorFlow in subprocesses, or build the big networks: see tests/conftest.py), under
