@@ -7,6 +7,8 @@ A table sits between `<!-- table:NAME -->` and `<!-- /table -->`; everything bet
 markers is replaced. The inputs are the compare outputs docs/results/<config>.json (each the
 `table.json` of `python -m experiments.compare --config=docs/results/configs/<config>.json`), the
 configs themselves, and the step-cost benchmarks benchmarks/results/cifar_wrn16_1_pair_cost_*.json.
+Where a config's runs were tabulated again after more of them finished (RETABULATED), the later
+file is read and the first stays beside it, marked superseded in the record.
 
 Statistics are recomputed from each run's own numbers (`runs` in the JSON), not from the rows:
 results written by older code carry a standard deviation of 0 for one seed. Here one seed has
@@ -73,6 +75,9 @@ NOTES = {"fmnist_n60000_e2_timing": "restored; one seed, 1,000 test images, a ti
          "fmnist_n2048_e10_timing": "restored; one seed, a timing run (0.1 s epochs); config "
                                     "committed with its results (ecca592), not pre-registered",
          "fmnist_n128_e120": "no config file: `--preset=demo_fit`"}
+# A config's runs tabulated again once more of them had finished: the later file sits beside the
+# first, which stays as it was written, and the tables read the later one where it exists.
+RETABULATED = {"cifar10_n10000_e100": "cifar10_n10000_e100_with_dml"}
 
 
 # --- Statistics ------------------------------------------------------------------------------
@@ -124,13 +129,25 @@ def margin(a: Stat, b: Stat) -> Margin:
 
 # --- Reading the results ---------------------------------------------------------------------
 
-def load(name: str, results: str = RESULTS) -> dict | None:
-    """docs/results/<name>.json, or None when that config has no results yet."""
-    path = os.path.join(results, f"{name}.json")
+def read(stem: str, folder: str = RESULTS) -> dict | None:
+    """<folder>/<stem>.json, or None when there is no such file."""
+    path = os.path.join(folder, f"{stem}.json")
     if not os.path.exists(path):
         return None
     with open(path) as f:
         return json.load(f)
+
+
+def results_file(name: str, results: str = RESULTS) -> str:
+    """The results file (stem) the tables read for config `name`: its later tabulation where
+    one was committed (RETABULATED), else <name>."""
+    later = RETABULATED.get(name)
+    return later if later and os.path.exists(os.path.join(results, f"{later}.json")) else name
+
+
+def load(name: str, results: str = RESULTS) -> dict | None:
+    """The results of config `name` (results_file), or None when it has none yet."""
+    return read(results_file(name, results), results)
 
 
 def finished(names: list[str], results: str = RESULTS):
@@ -235,7 +252,7 @@ def answer_table(names: list[str], results: str = RESULTS) -> str:
         data = "CIFAR-10" if name.startswith("cifar10") else "Fashion-MNIST"
         rows.append([data, nets(table), budget(table), f"{_acc(b, 'acc1')} / {_acc(b, 'acc2')}",
                      vs["dcm"], vs["dml"], str(b["net1"].n), f"{test_images(table):,}",
-                     where(name), f"[{name}](results/{name}.json)"])
+                     where(name), f"[{name}](results/{results_file(name, results)}.json)"])
     return _md(["data", "networks", "train images × epochs", "baseline train acc net1 / net2 (%)",
                 "DCM − baseline, net1 / net2 (points; spread)", "DML − baseline, net1 / net2",
                 "seeds", "test images", "machine", "results"], rows)
@@ -329,7 +346,7 @@ def progress(name: str, results: str = RESULTS) -> tuple[int, int | None]:
     rows x methods x seeds (None where the config does not say)."""
     done = _finished_runs(name, results)
     try:  # a config file that is damaged or lacks a field plans nothing it could say
-        config = load(name, os.path.join(results, "configs"))
+        config = read(name, os.path.join(results, "configs"))
         planned = len(config["rows"]) * len(config["methods"]) * len(config["seeds"])
     except (OSError, ValueError, KeyError, TypeError):
         planned = None
@@ -352,7 +369,7 @@ def _not_tabulated(name: str, table: dict, results: str, link_to_runs: str) -> s
     whose runs were committed since says how many finished, so a results file written before
     them cannot read as the method's absence."""
     try:
-        planned = load(name, os.path.join(results, "configs")) or {}
+        planned = read(name, os.path.join(results, "configs")) or {}
         told = table.get("config") or {}
         left = {key: [value for value in planned.get(key) or []
                       if key in told and value not in told[key]] for key in ("methods", "seeds")}
@@ -399,7 +416,8 @@ def status_table(groups: list[tuple[str, list[str]]], results: str = RESULTS) ->
             runs = len(table["runs"])
             failed, missing = table.get("failed_runs") or [], table.get("missing_runs") or []
             state = "finished" if not failed and not missing else "incomplete"
-            rows.append([label, link, f"{state}: [results](results/{name}.json)", f"{runs} runs",
+            rows.append([label, link, f"{state}: [results](results/{results_file(name, results)}.json)",
+                         f"{runs} runs",
                          _outcome(name, table, results, "results/")])
     return _md(["study", "config", "status", "runs reported", "failed / missing"], rows)
 
@@ -448,16 +466,21 @@ def record_table(results: str = RESULTS) -> str:
     """Every config and every results file under docs/results/, and what became of it."""
     names = sorted({os.path.basename(p)[:-5] for d in (results, os.path.join(results, "configs"))
                     for p in glob.glob(os.path.join(d, "*.json"))})
+    config_of = {later: name for name, later in RETABULATED.items()}
     rows = []
     for name in names:
-        has_config = os.path.exists(os.path.join(results, "configs", f"{name}.json"))
-        table = load(name, results)
+        config = config_of.get(name, name)  # a later tabulation belongs to its config
+        has_config = os.path.exists(os.path.join(results, "configs", f"{config}.json"))
+        table = read(name, results)
         if table is None:
             under_way = _under_way(name, results, "")
             state = "not run yet" if under_way is None else f"under way: {under_way}"
         else:
-            state = f"{len(table['runs'])} runs, " + _outcome(name, table, results, "")
-        rows.append([name, "yes" if has_config else "no",
+            state = f"{len(table['runs'])} runs, " + _outcome(config, table, results, "")
+            if results_file(name, results) != name:
+                later = results_file(name, results)
+                state += f"; superseded by [{later}]({later}.json), which the tables read"
+        rows.append([name, ("yes" if config == name else f"yes ({config})") if has_config else "no",
                      f"[json]({name}.json)" if table else "", state, NOTES.get(name, "")])
     return _md(["config", "config file", "results", "runs", "note"], rows)
 

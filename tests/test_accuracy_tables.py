@@ -212,6 +212,40 @@ def test_a_config_without_results_is_reported_not_run(tmp_path):
     assert "| 2 runs | 0 failed, 0 missing |" in tables.status_table(groups, results=str(tmp_path))
 
 
+def test_a_later_tabulation_is_read_and_the_first_stays_marked(tmp_path, monkeypatch):
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "fake_n100_e2.json").write_text(json.dumps(
+        {"rows": [["a", "b"]], "methods": ["baseline", "dcm", "dml"], "seeds": [0]}))
+    monkeypatch.setattr(tables, "RETABULATED", {"fake_n100_e2": "fake_n100_e2_with_dml"})
+    first = _table({("baseline", 0): (20.0, 22.0), ("dcm", 0): (18.0, 19.0)})
+    (tmp_path / "fake_n100_e2.json").write_text(json.dumps(first))
+    groups = [("S", ["fake_n100_e2"])]
+    # Before the later file lands the first one is read, and says what it leaves out.
+    assert tables.results_file("fake_n100_e2", str(tmp_path)) == "fake_n100_e2"
+    assert "| -2.00 (no spread) / -3.00 (no spread) |  |" in tables.answer_table(
+        ["fake_n100_e2"], results=str(tmp_path))
+    assert "not run: dml (in the config)" in tables.status_table(groups, results=str(tmp_path))
+    later = _table({("baseline", 0): (20.0, 22.0), ("dcm", 0): (18.0, 19.0),
+                    ("dml", 0): (19.0, 23.0)}, methods=("baseline", "dcm", "dml"))
+    (tmp_path / "fake_n100_e2_with_dml.json").write_text(json.dumps(later))
+    answer = tables.answer_table(["fake_n100_e2"], results=str(tmp_path))
+    assert ("| -2.00 (no spread) / -3.00 (no spread) | -1.00 (no spread) / +1.00 (no spread) |"
+            in answer)
+    assert "[fake_n100_e2](results/fake_n100_e2_with_dml.json)" in answer
+    status = tables.status_table(groups, results=str(tmp_path))
+    assert ("finished: [results](results/fake_n100_e2_with_dml.json) | 3 runs | 0 failed, "
+            "0 missing |") in status
+    assert "| dml |" in tables.network_table(["fake_n100_e2"], results=str(tmp_path))
+    record = tables.record_table(results=str(tmp_path)).splitlines()
+    assert ("| fake_n100_e2 | yes | [json](fake_n100_e2.json) | 2 runs, 0 failed, 0 missing; "
+            "not run: dml (in the config); superseded by [fake_n100_e2_with_dml]"
+            "(fake_n100_e2_with_dml.json), which the tables read |  |") in record
+    assert ("| fake_n100_e2_with_dml | yes (fake_n100_e2) | [json](fake_n100_e2_with_dml.json) | "
+            "3 runs, 0 failed, 0 missing |  |") in record
+    # The first file is read as it was written, never rewritten.
+    assert json.loads((tmp_path / "fake_n100_e2.json").read_text()) == first
+
+
 def test_recomputed_statistics_match_compare_rows():
     """Every committed multi-seed row: our mean and sample std equal compare.py's own."""
     checked = 0
