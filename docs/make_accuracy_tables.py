@@ -416,8 +416,8 @@ def status_table(groups: list[tuple[str, list[str]]], results: str = RESULTS) ->
             runs = len(table["runs"])
             failed, missing = table.get("failed_runs") or [], table.get("missing_runs") or []
             state = "finished" if not failed and not missing else "incomplete"
-            rows.append([label, link, f"{state}: [results](results/{results_file(name, results)}.json)",
-                         f"{runs} runs",
+            file = results_file(name, results)
+            rows.append([label, link, f"{state}: [results](results/{file}.json)", f"{runs} runs",
                          _outcome(name, table, results, "results/")])
     return _md(["study", "config", "status", "runs reported", "failed / missing"], rows)
 
