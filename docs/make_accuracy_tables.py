@@ -477,8 +477,8 @@ def record_table(results: str = RESULTS) -> str:
             state = "not run yet" if under_way is None else f"under way: {under_way}"
         else:
             state = f"{len(table['runs'])} runs, " + _outcome(config, table, results, "")
-            if results_file(name, results) != name:
-                later = results_file(name, results)
+            later = results_file(name, results)
+            if later != name:
                 state += f"; superseded by [{later}]({later}.json), which the tables read"
         rows.append([name, ("yes" if config == name else f"yes ({config})") if has_config else "no",
                      f"[json]({name}.json)" if table else "", state, NOTES.get(name, "")])
