@@ -353,14 +353,19 @@ def progress(name: str, results: str = RESULTS) -> tuple[int, int | None]:
     return done, planned
 
 
+def _runs_finished(done: int, planned: int | None) -> str:
+    """"3 of 9 runs finished", or "3 runs finished" where the plan is unknown."""
+    return f"{done}{f' of {planned}' if planned else ''} runs finished"
+
+
 def _under_way(name: str, results: str, link_to_runs: str) -> str | None:
     """How far a config without a results file got ("3 of 9 runs finished ..."), or None when
     none of its runs has finished."""
     done, planned = progress(name, results)
     if not done:
         return None
-    of = f" of {planned}" if planned else ""
-    return f"{done}{of} runs finished ([runs]({link_to_runs}runs/{name}/)), no results file yet"
+    return (f"{_runs_finished(done, planned)} ([runs]({link_to_runs}runs/{name}/)), "
+            "no results file yet")
 
 
 def _not_tabulated(name: str, table: dict, results: str, link_to_runs: str) -> str:
@@ -380,8 +385,7 @@ def _not_tabulated(name: str, table: dict, results: str, link_to_runs: str) -> s
     for method in left["methods"]:
         done = _finished_runs(name, results, str(method))
         if done:
-            of = f" of {runs_per_method}" if runs_per_method else ""
-            text += (f"; {method}: {done}{of} runs finished since "
+            text += (f"; {method}: {_runs_finished(done, runs_per_method)} since "
                      f"([runs]({link_to_runs}runs/{name}/)), not in the results file")
         else:
             not_run.append(str(method))
